@@ -1,0 +1,83 @@
+"""Group-relative advantages for GRPO (DeepSeekMath §4.1.2) and DAPO's dynamic-sampling filter.
+
+Rewards come in group-major order: the G completions of question q occupy `rewards[q*G:(q+1)*G]` (or row q
+of a [B, G] tensor). Every token of completion i gets the same advantage
+
+    A_i = (r_i - mean(r_group)) / (std + eps)
+
+where std is the group's std (`scale_rewards="group"`, R1/DeepSeekMath), the std of the whole batch
+(`"batch"`, as TRL does; more robust when a group's rewards are nearly equal), or no division at all
+(`"none"`, Dr. GRPO). Stds are unbiased (Bessel-corrected), as in TRL.
+
+Left out: per-token (process) rewards, multi-objective "normalize then sum" aggregation, NaN (unscorable)
+rewards -- the caller replaces or drops those before calling in here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+ScaleRewards = Literal["group", "batch", "none"]
+SCALE_REWARDS: tuple[str, ...] = ("group", "batch", "none")
+
+
+def _grouped(rewards: Tensor, group_size: int) -> Tensor:
+    """View rewards as [num_groups, G], checking the shape contract."""
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if rewards.dim() == 2:
+        if rewards.size(1) != group_size:
+            raise ValueError(f"rewards has shape {tuple(rewards.shape)} but group_size is {group_size}")
+        return rewards
+    if rewards.dim() != 1 or rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"rewards must be [B*G] or [B, G]; got shape {tuple(rewards.shape)} with group_size {group_size}"
+        )
+    return rewards.view(-1, group_size)
+
+
+def _unbiased_std(x: Tensor, dim: int | None = None) -> Tensor:
+    """Bessel-corrected std; 0 (not NaN) when there is a single sample, so that it never divides by NaN."""
+    n = x.numel() if dim is None else x.size(dim)
+    if n < 2:
+        return torch.zeros_like(x.mean() if dim is None else x.mean(dim))
+    return x.std() if dim is None else x.std(dim)
+
+
+def group_advantages(
+    rewards: Tensor, group_size: int, scale_rewards: ScaleRewards = "group", eps: float = 1e-4
+) -> Tensor:
+    """Advantages, one per completion, in the same shape as `rewards` ([B*G] or [B, G]), float32 or wider."""
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
+    r = _grouped(rewards, group_size)
+    r = r.to(torch.promote_types(r.dtype, torch.float32))  # ints and half precision -> float32
+    adv = r - r.mean(dim=1, keepdim=True)  # [B, G]
+    if scale_rewards == "group":
+        adv = adv / (_unbiased_std(r, dim=1).unsqueeze(1) + eps)
+    elif scale_rewards == "batch":
+        adv = adv / (_unbiased_std(r) + eps)
+    return adv.reshape(rewards.shape)
+
+
+def keep_informative_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """DAPO dynamic sampling: bool [num_groups], True where the group's rewards are not all equal.
+
+    A group whose completions all got the same reward has zero advantage everywhere and so contributes no
+    policy gradient (only KL); DAPO drops such groups and samples more questions to refill the batch.
+    """
+    r = _grouped(rewards, group_size)
+    return r.amax(dim=1) > r.amin(dim=1)
+
+
+def zero_std_mask(rewards: Tensor, group_size: int) -> Tensor:
+    """bool [num_groups], True where every completion of the group got the same reward."""
+    return ~keep_informative_groups(rewards, group_size)
+
+
+def zero_std_fraction(rewards: Tensor, group_size: int) -> float:
+    """Fraction of groups with zero reward std (no learning signal) -- the metric `frac_zero_std`."""
+    return zero_std_mask(rewards, group_size).float().mean().item()
