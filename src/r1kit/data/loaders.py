@@ -110,6 +110,11 @@ def _text(value: Any, field: str, *, allow_empty: bool = False) -> str:
     return text
 
 
+def _given(value: Any) -> bool:
+    """A cell holds a value: not None and not the empty string a CSV file writes for a missing cell."""
+    return value is not None and not (isinstance(value, str) and value == "")
+
+
 def _maybe_json(value: Any) -> Any:
     """CSV cells hold lists and objects as JSON text; decode those, leave anything else alone."""
     if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
@@ -131,7 +136,7 @@ def _message(raw: Any, f: FieldMap, where: str) -> dict[str, str]:
         raise RowError(f"{where} has role {raw.get(f.role)!r}; expected one of {ROLES}")
     content = _text(raw.get(f.content), f"{where}.{f.content}", allow_empty=role != "assistant")
     msg = {"role": role, "content": content}
-    reasoning = raw.get(f.reasoning)
+    reasoning = raw.get(f.reasoning) if _given(raw.get(f.reasoning)) else None
     if role == "assistant":
         if reasoning is None and (m := _THINK.match(content)):
             reasoning, msg["content"] = m.group(1).strip(), m.group(2).strip()
@@ -142,29 +147,37 @@ def _message(raw: Any, f: FieldMap, where: str) -> dict[str, str]:
     return msg
 
 
+def _json_messages(text: str) -> list[dict] | None:
+    """The list of messages a CSV cell holds as JSON text, or None when the text is plain."""
+    decoded = _maybe_json(text)
+    if isinstance(decoded, list) and decoded and all(isinstance(m, dict) for m in decoded):
+        return decoded
+    return None
+
+
 def _messages(raw: Any, f: FieldMap, field: str) -> list[dict[str, str]]:
     if isinstance(raw, str):
-        return [{"role": "user", "content": _text(raw, field)}]
-    raw = _maybe_json(raw)
+        if (decoded := _json_messages(raw)) is None:
+            return [{"role": "user", "content": _text(raw, field)}]
+        raw = decoded
     if not isinstance(raw, list) or not raw:
         raise RowError(f"field {field!r} must be a non-empty list of messages")
     return [_message(m, f, f"{field}[{j}]") for j, m in enumerate(raw)]
 
 
 def _chat_row(row: dict, f: FieldMap) -> dict:
-    if row.get(f.messages) is not None:
+    if _given(row.get(f.messages)):
         messages = _messages(row[f.messages], f, f.messages)
     elif f.prompt in row or f.completion in row:
-        messages = _messages(row.get(f.prompt), f, f.prompt) if row.get(f.prompt) is not None else []
-        if not messages:
+        if row.get(f.prompt) is None:
             raise RowError(f"missing field {f.prompt!r}")
-        completion = row.get(f.completion)
-        if completion is None:
+        if row.get(f.completion) is None:
             raise RowError(f"missing field {f.completion!r}")
-        if isinstance(completion, str):
+        messages, completion = _messages(row[f.prompt], f, f.prompt), row[f.completion]
+        if isinstance(completion, str) and _json_messages(completion) is None:
             completion = [{f.role: "assistant", f.content: completion}]
         replies = _messages(completion, f, f.completion)
-        if row.get(f.reasoning) is not None and replies[-1]["role"] == "assistant":
+        if _given(row.get(f.reasoning)) and replies[-1]["role"] == "assistant":
             replies[-1]["reasoning"] = _text(row[f.reasoning], f.reasoning, allow_empty=True)
         messages += replies
         if row.get(f.system):
@@ -233,9 +246,9 @@ def _tests(raw: Any, field: str) -> list[dict[str, str]] | str:
 
 
 def _infer_kind(row: dict, f: FieldMap) -> str:
-    if row.get(f.tests) is not None:
+    if _given(row.get(f.tests)):
         return "code"
-    if row.get(f.choices) is not None:
+    if _given(row.get(f.choices)):
         return "choice"
     return "math"
 
@@ -251,11 +264,11 @@ def _task_row(row: dict, index: int, f: FieldMap, kind: str | None, stem: str) -
         out["answer"] = _text(row.get(f.answer), f.answer)
     elif k == "choice":
         out["choices"] = _choices(row.get(f.choices), f.choices)
-        if row.get(f.answer) is None:
+        if not _given(row.get(f.answer)):
             raise RowError(f"missing field {f.answer!r}")
         out["answer"] = _choice_letter(row[f.answer], out["choices"], f.answer)
     else:
-        if row.get(f.tests) is None:
+        if not _given(row.get(f.tests)):
             raise RowError(f"missing field {f.tests!r}")
         out["tests"] = _tests(row[f.tests], f.tests)
         if row.get(f.entry_point):

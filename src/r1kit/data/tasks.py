@@ -49,22 +49,27 @@ def _operand(rng: random.Random, digits: int) -> int:
     return rng.randint(0, 9) if digits == 1 else rng.randint(10 ** (digits - 1), 10**digits - 1)
 
 
+def addition_steps(a: int, b: int) -> list[str]:
+    """Column-by-column addition of two equal-length numbers, e.g. 61+67 -> ["1+7=8, write 8.",
+    "6+6=12, write 2 carry 1.", "Write 1."]; one-digit operands give the single fact "3+8=11."."""
+    if a < 10 and b < 10:
+        return [f"{a}+{b}={a + b}."]
+    steps, carry = [], 0
+    for da, db in zip(reversed(str(a)), reversed(str(b))):
+        s = int(da) + int(db) + carry
+        lhs = f"{da}+{db}" + ("+1" if carry else "")
+        carry = s // 10
+        steps.append(f"{lhs}={s}, write {s % 10}" + (" carry 1." if carry else "."))
+    if carry:
+        steps.append("Write 1.")
+    return steps
+
+
 def _sample_addition(rng: random.Random, level: int) -> dict[str, Any]:
     """Two `level`-digit numbers; the solution adds column by column with carries."""
     a, b = _operand(rng, level), _operand(rng, level)
-    total = a + b
-    if level == 1:
-        steps = [f"{a}+{b}={total}."]
-    else:
-        steps, carry = [], 0
-        for da, db in zip(reversed(str(a)), reversed(str(b))):
-            s = int(da) + int(db) + carry
-            lhs = f"{da}+{db}" + ("+1" if carry else "")
-            carry = s // 10
-            steps.append(f"{lhs}={s}, write {s % 10}" + (" carry 1." if carry else "."))
-        if carry:
-            steps.append("Write 1.")
-    return {"question": f"What is {a}+{b}?", "answer": str(total), "solution": _conclude(steps, total)}
+    steps = addition_steps(a, b)
+    return {"question": f"What is {a}+{b}?", "answer": str(a + b), "solution": _conclude(steps, a + b)}
 
 
 def _key_addition(ex: dict[str, Any]) -> str:
@@ -293,13 +298,14 @@ def sample_example(task: Task, rng: random.Random, level: int, split: str) -> di
 
 
 def make_task_set(
-    name: str, n: int, *, seed: int = 0, level: int = 1, split: str = "train"
+    name: str, n: int, *, seed: int = 0, level: int = 1, split: str = "train", unique: bool = True
 ) -> list[dict[str, Any]]:
-    """`n` distinct examples (by question) of task `name` from one split; the same arguments give the same list.
+    """`n` examples of task `name` from one split; the same arguments give the same list.
 
-    Each example: {"id", "task", "level", "question", "answer", "solution", **extras}.
-    Raises R1kitError for an unknown task, level or split, or when the split at this level has too few
-    distinct questions for `n` (raise the level or lower `n`).
+    Each example: {"id", "task", "level", "question", "answer", "solution", **extras}. With `unique` the
+    questions are distinct, and R1kitError is raised when the split at this level has fewer than `n`
+    (1-digit addition has 100 questions in all); `unique=False` draws independently, repeats allowed.
+    Raises R1kitError for an unknown task, level or split.
     """
     task = get_task(name)
     _check_args(level, split)
@@ -309,12 +315,12 @@ def make_task_set(
     examples, seen, misses = [], set(), 0
     while len(examples) < n:
         ex = sample_example(task, rng, level, split)
-        if ex["question"] in seen:
+        if unique and ex["question"] in seen:
             misses += 1
             if misses > 1000 + 20 * n:  # the split's instance space is (nearly) exhausted
                 raise R1kitError(
                     f"task {name!r} level {level} split {split!r} has only about {len(seen)} distinct "
-                    f"questions; asked for {n}"
+                    f"questions; asked for {n} (raise the level, lower n, or pass unique=False)"
                 )
             continue
         seen.add(ex["question"])
