@@ -168,7 +168,7 @@ def check_countdown(expr: str, numbers: Sequence[int], target: int) -> bool:
     expr = expr.split("=")[0].strip()
     try:
         tree = ast.parse(expr, mode="eval").body
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
     used: list[int] = []
 
