@@ -1,0 +1,111 @@
+"""`r1kit eval`: evaluate a model on a benchmark under the R1 protocol; prints a table or the summary JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+from r1kit.evaluation.harness import EvalConfig
+
+# argparse dest -> EvalConfig field; defaults stay in EvalConfig (argparse defaults are None = "not given").
+_FIELDS = (
+    "samples",
+    "limit",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "batch_size",
+    "level",
+    "data",
+)
+
+
+def register(subparsers) -> None:
+    d = EvalConfig
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a model on a benchmark (pass@1, pass@k, cons@k)",
+        description="Sample k answers per problem (R1 protocol: temperature 0.6, top-p 0.95, "
+        "no system prompt), grade them, and write samples.jsonl, summary.json, report.md and a length "
+        "plot to --out. Rerunning with the same --out resumes: cached samples are not regenerated.",
+    )
+    p.add_argument(
+        "--model", required=True, help="preset name (e.g. smollm2-135m), HF directory or .gguf file"
+    )
+    p.add_argument(
+        "--benchmark",
+        required=True,
+        help="aime24, math500, gpqa-diamond, mmlu, livecodebench, gsm8k, humaneval, a synthetic task "
+        "(synthetic:addition, countdown, ...), or a YAML/JSON benchmark file",
+    )
+    p.add_argument(
+        "--data",
+        help="data file (JSONL/JSON/Parquet/CSV) or hf:owner/name:split; "
+        "default $R1KIT_DATA/<benchmark>/<file>",
+    )
+    p.add_argument(
+        "--samples", type=int, help="k samples per problem (default: the benchmark's, e.g. 64 for aime24)"
+    )
+    p.add_argument(
+        "--limit", type=int, help="only the first N problems (synthetic: N generated, default 100)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, help=f"generation budget (default {d.max_new_tokens}; R1: 32768)"
+    )
+    p.add_argument("--temperature", type=float, help=f"sampling temperature (default {d.temperature})")
+    p.add_argument("--top-p", type=float, help=f"nucleus sampling (default {d.top_p})")
+    p.add_argument("--top-k", type=int, help=f"top-k sampling, 0 = off (default {d.top_k})")
+    p.add_argument("--batch-size", type=int, help=f"prompts per generation call (default {d.batch_size})")
+    p.add_argument("--seed", type=int, help=f"base seed of every sample (default {d.seed})")
+    p.add_argument("--level", type=int, help=f"synthetic task difficulty 1-5 (default {d.level})")
+    p.add_argument("--out", help="output directory (default runs/eval/<model>__<benchmark>)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.rstrip("/").split("/")[-1]) or "model"
+
+
+def format_table(summary: dict, out_dir: str) -> str:
+    from r1kit.evaluation.report import score_lines
+
+    rows = [
+        *score_lines(summary),
+        ("mean tokens", f"{summary['mean_tokens']:.1f}"),
+        ("truncated", f"{100 * summary['truncation_rate']:.1f}%"),
+    ]
+    size = f"{summary['problems']} problems x {summary['samples']} samples"
+    head = f"{summary['benchmark']} | {summary['model']} | {size}"
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([head, *[f"  {k:<{width}}  {v}" for k, v in rows], f"  report: {out_dir}/report.md"])
+
+
+def _run(args: argparse.Namespace) -> int:
+    from r1kit import load_model, load_tokenizer
+    from r1kit.evaluation.benchmarks import get_benchmark, load_problems
+    from r1kit.evaluation.harness import evaluate
+
+    overrides = {f: getattr(args, f) for f in _FIELDS if getattr(args, f) is not None}
+    config = EvalConfig(**overrides)
+    bench = get_benchmark(args.benchmark)
+    load_problems(
+        bench, data=config.data, limit=1, seed=config.seed, level=config.level
+    )  # fail before loading
+    out_dir = args.out or f"runs/eval/{_slug(args.model)}__{_slug(bench.name)}"
+    model, tokenizer = load_model(args.model), load_tokenizer(args.model)
+    summary = evaluate(
+        model,
+        tokenizer,
+        bench,
+        config=config,
+        out_dir=out_dir,
+        model_id=args.model,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(summary, indent=2) if args.json else format_table(summary, out_dir))
+    return 0

@@ -1,0 +1,266 @@
+"""`evaluate`: sample k answers per problem under the R1 protocol, grade them, cache them, score them.
+
+Flow: load the benchmark's problems -> list the (problem, sample) pairs not already in `samples.jsonl`
+-> generate them in batches (each prompt is one user message, no system prompt, so the model's chat
+template adds its generation prompt, e.g. `<think>\\n` for R1 templates) -> grade each batch -> append
+its records -> score everything -> write summary.json, report.md and the length plot.
+
+Determinism: sample j of problem p is drawn with seed hash(seed, p.id, j), so a sample's randomness does
+not depend on the batch size, on --limit, on k (raising k reuses the samples already drawn) or on
+whether the run was interrupted. A cached record counts when its (model, benchmark, problem id, sample
+index, settings hash) match and its prompt is the one the current template renders.
+
+Leaves out: multi-process data parallel generation (one engine call per batch; the engine batches
+inside) and regrading cached samples after a grader change (delete samples.jsonl to regrade).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from r1kit.errors import ConfigError, R1kitError
+from r1kit.evaluation.benchmarks import Benchmark, get_benchmark, load_problems
+from r1kit.evaluation.grading import Grader, get_grader
+from r1kit.evaluation.layouts import Problem
+from r1kit.evaluation.metrics import accuracy_by_length, summarize_scores
+from r1kit.io import append_jsonl, read_jsonl
+
+SAMPLES_FILE = "samples.jsonl"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation settings; the defaults are R1's protocol except the generation budget.
+
+    R1 generates up to 32,768 tokens; the default here (2,048) keeps a CPU run of a small model within
+    minutes. Pass max_new_tokens=32768 to reproduce the paper's setting.
+    """
+
+    samples: int | None = None  # k per problem; None: the benchmark's default (R1: 64 for AIME)
+    limit: int | None = None  # evaluate only the first N problems (synthetic: generate N, default 100)
+    max_new_tokens: int = 2048
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0
+    seed: int = 0
+    batch_size: int = 16  # prompts per generate() call
+    level: int = 2  # synthetic task difficulty
+    data: str | None = None  # data file or hf:id; None: $R1KIT_DATA/<benchmark>/<file>
+    chat: bool | None = (
+        None  # send the prompt as a user message; None: when the tokenizer has a chat template
+    )
+
+    def __post_init__(self):
+        checks = {
+            "samples": self.samples is None or self.samples >= 1,
+            "limit": self.limit is None or self.limit >= 1,
+            "max_new_tokens": self.max_new_tokens >= 1,
+            "temperature": self.temperature >= 0,
+            "top_p": 0 < self.top_p <= 1,
+            "top_k": self.top_k >= 0,
+            "batch_size": self.batch_size >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"eval: invalid {name}={getattr(self, name)!r}")
+
+
+def sample_seed(seed: int, problem_id: str, sample: int) -> int:
+    """The generation seed of one sample: a 31-bit hash of (run seed, problem id, sample index)."""
+    digest = hashlib.sha256(f"{seed}:{problem_id}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def _model_id(model: Any) -> str:
+    for value in (
+        getattr(model, "name_or_path", None),
+        getattr(getattr(model, "config", None), "_name_or_path", None),
+    ):
+        if value:
+            return str(value)
+    return type(model).__name__
+
+
+def _load_cache(path: Path, key: dict, prompts: dict[str, str]) -> dict[tuple[str, int], dict]:
+    """Cached records of this (model, benchmark, settings) whose prompt is unchanged, by (problem, sample)."""
+    if not path.is_file():
+        return {}
+    cached = {}
+    for r in read_jsonl(path):
+        if all(r.get(k) == v for k, v in key.items()) and prompts.get(r.get("problem_id")) == r.get("prompt"):
+            cached[(r["problem_id"], r["sample"])] = r
+    return cached
+
+
+def _run_batch(
+    batch: Sequence[tuple[Problem, int]],
+    *,
+    model: Any,
+    tokenizer: Any,
+    generate_fn: Callable,
+    grader: Grader,
+    config: EvalConfig,
+    chat: bool,
+    key: dict,
+) -> list[dict]:
+    """Generate and grade one batch of (problem, sample index) pairs; one record per pair."""
+    prompts = [[{"role": "user", "content": p.prompt}] if chat else p.prompt for p, _ in batch]
+    seeds = [sample_seed(config.seed, p.id, j) for p, j in batch]
+    completions = generate_fn(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        seed=seeds,
+    )
+    if len(completions) != len(batch):
+        raise R1kitError(f"generate returned {len(completions)} completions for {len(batch)} prompts")
+    problems = [p for p, _ in batch]
+    extracted = [grader.extract(c, p) for c, p in zip(completions, problems)]
+    correct = grader.check(extracted, problems)
+    return [
+        {
+            **key,
+            "problem_id": p.id,
+            "sample": j,
+            "seed": s,
+            "prompt": p.prompt,
+            "reasoning": c.reasoning,
+            "answer": c.answer,
+            "extracted": x,
+            "gold": p.gold,
+            "correct": bool(ok),
+            "tokens": len(c.token_ids),
+            "finish_reason": c.finish_reason,
+        }
+        for (p, j), s, c, x, ok in zip(batch, seeds, completions, extracted, correct)
+    ]
+
+
+def summarize(records: Sequence[dict], problems: Sequence[Problem], k: int, grader: Grader) -> dict:
+    """Scores, length statistics and accuracy by length from the k records of every problem."""
+    by_problem = {p.id: [None] * k for p in problems}
+    for r in records:
+        if r["problem_id"] in by_problem and r["sample"] < k:
+            by_problem[r["problem_id"]][r["sample"]] = r
+    rows = list(by_problem.values())
+    if any(r is None for row in rows for r in row):
+        raise R1kitError("internal: a sample is missing from the results")
+    correct = [[r["correct"] for r in row] for row in rows]
+    answers = [[r["extracted"] for r in row] for row in rows] if grader.equal else None
+    flat = [r for row in rows for r in row]
+    tokens = [r["tokens"] for r in flat]
+    return {
+        **summarize_scores(correct, answers, grader.equal or (lambda a, b: a == b)),
+        "mean_tokens": sum(tokens) / len(tokens),
+        "truncation_rate": sum(r["finish_reason"] == "length" for r in flat) / len(flat),
+        "accuracy_by_length": accuracy_by_length(tokens, [r["correct"] for r in flat]),
+    }
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    benchmark: str | Benchmark,
+    *,
+    config: EvalConfig | None = None,
+    out_dir: str | Path | None = None,
+    model_id: str | None = None,
+    generate_fn: Callable | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> dict:
+    """Evaluate `model` on `benchmark` and return the summary dict.
+
+    Args:
+        benchmark: a registry name (see `list_benchmarks()`), a YAML/JSON spec path, or a `Benchmark`.
+        config: an `EvalConfig`; keyword `overrides` (samples=, limit=, max_new_tokens=, temperature=,
+            top_p=, seed=, batch_size=, data=, ...) replace its fields.
+        out_dir: where samples.jsonl (the cache), summary.json, report.md and the plot go; None keeps
+            everything in memory (no resume).
+        model_id: names the model in the cache key and report; default: the model's name_or_path or class.
+        generate_fn: `r1kit.generate`-compatible function (tests pass a fake); default `r1kit.generate`.
+    Returns:
+        {"benchmark", "model", "problems", "samples", "settings", "pass@1", "pass@1_stderr", "pass@k",
+        ..., "cons@k" (answer benchmarks), "mean_tokens", "truncation_rate", "accuracy_by_length",
+        "published", "run"}; scores are fractions in [0, 1]. Everything but "run" (timing, cache hits)
+        is a deterministic function of the inputs.
+    """
+    from r1kit.evaluation.report import published_for, write_outputs
+
+    try:
+        config = dataclasses.replace(config or EvalConfig(), **overrides)
+    except TypeError as e:
+        raise ConfigError(f"evaluate: {e}; settings are the fields of EvalConfig") from None
+    bench = benchmark if isinstance(benchmark, Benchmark) else get_benchmark(benchmark)
+    k = config.samples or bench.samples
+    problems = load_problems(
+        bench, data=config.data, limit=config.limit, seed=config.seed, level=config.level
+    )
+    grader = get_grader(bench.grader)
+    chat = config.chat if config.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    settings = {
+        f: getattr(config, f) for f in ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "level")
+    }
+    settings["chat"] = chat
+    settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    key = {"model": model_id or _model_id(model), "benchmark": bench.name, "settings": settings_hash}
+
+    path = Path(out_dir) / SAMPLES_FILE if out_dir is not None else None
+    results = _load_cache(path, key, {p.id: p.prompt for p in problems}) if path else {}
+    n_cached = sum((p.id, j) in results for p in problems for j in range(k))
+    pending = [(p, j) for p in problems for j in range(k) if (p.id, j) not in results]
+    if generate_fn is None:
+        from r1kit import generate as generate_fn
+
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    with tqdm(
+        total=len(problems) * k, initial=n_cached, unit="sample", desc=bench.name, disable=not progress
+    ) as bar:
+        for i in range(0, len(pending), config.batch_size):
+            batch = pending[i : i + config.batch_size]
+            for r in _run_batch(
+                batch,
+                model=model,
+                tokenizer=tokenizer,
+                generate_fn=generate_fn,
+                grader=grader,
+                config=config,
+                chat=chat,
+                key=key,
+            ):
+                results[(r["problem_id"], r["sample"])] = r
+                if path:
+                    append_jsonl(path, r)
+            bar.update(len(batch))
+
+    summary = {
+        "benchmark": bench.name,
+        "model": key["model"],
+        "problems": len(problems),
+        "samples": k,
+        "grader": bench.grader,
+        "settings": settings,
+        **summarize(list(results.values()), problems, k, grader),
+        "published": published_for(bench.name),
+        "run": {
+            "generated": len(pending),
+            "cached": n_cached,
+            "seconds": round(time.perf_counter() - start, 3),
+        },
+    }
+    if out_dir is not None:
+        write_outputs(Path(out_dir), summary)
+    return summary
