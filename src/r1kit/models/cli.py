@@ -1,0 +1,41 @@
+"""`r1kit params`: parameter counts of a preset or checkpoint, without allocating weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("params", help="count total / active / MTP parameters of a model (no weights allocated)",
+                       description="Count parameters on the meta device. total includes the fp32 router biases; "
+                                   "active = parameters used per token (embedding and head included); "
+                                   "mtp = the multi-token-prediction modules' own weights.")
+    p.add_argument("model", help="preset name, HF checkpoint directory or .gguf file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_params)
+
+
+def _params(args) -> int:
+    from pathlib import Path
+
+    from r1kit.models.checkpoint import resolve_source
+    from r1kit.models.config import get_preset, load_hf_config
+    from r1kit.models.params import count_params
+
+    source = resolve_source(args.model)
+    if isinstance(source, str):
+        cfg = get_preset(source)
+    elif Path(source).is_dir():
+        cfg = load_hf_config(source)
+    else:
+        from r1kit.models.gguf import read_gguf
+
+        cfg, _ = read_gguf(Path(source))
+    counts = count_params(cfg)
+    if args.json:
+        print(json.dumps(counts))
+    else:
+        for k, v in counts.items():
+            print(f"{k:>16}: {v:,}")
+    return 0

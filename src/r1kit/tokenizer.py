@@ -1,0 +1,80 @@
+"""Tokenizers and chat templates, through `tokenizers`/`transformers`.
+
+`load_tokenizer(src)` accepts what `load_model` accepts: an HF checkpoint directory, a .gguf file (transformers
+rebuilds the tokenizer and chat template from the GGUF metadata), 'smollm2-135m', or a toy preset, which gets
+r1kit's character-level tokenizer with an R1-style chat template:
+- the generation prompt ends in `<think>\\n`, so the reply starts inside the reasoning block (as R1's does);
+- an assistant turn renders `<think>\\n{reasoning}\\n</think>\\n{content}` when it is the last turn and carries a
+  `reasoning` field (SFT targets); earlier turns keep only their answer, as R1's template drops old reasoning.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from r1kit.errors import CheckpointError
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+TOY_SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
+TOY_ADDED = [THINK_OPEN, THINK_CLOSE]  # added but not special: decoding keeps them, so reasoning can be split
+TOY_CHARS = ["\n", "\t"] + [chr(c) for c in range(32, 127)]
+
+R1_STYLE_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}<|system|>{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}<|user|>{{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}<|assistant|>"
+    "{% set content = m['content'] %}"
+    "{% if '</think>' in content %}{% set content = content.split('</think>')[-1].lstrip() %}{% endif %}"
+    "{% if loop.last and m.get('reasoning') %}<think>\n{{ m['reasoning'] }}\n</think>\n{% endif %}"
+    "{{ content }}{{ eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}"
+)
+
+
+def toy_tokenizer():
+    """Character-level tokenizer (vocab < 128) with the R1-style template; ids 0/1/2 are pad/bos/eos."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(TOY_SPECIAL + TOY_ADDED + TOY_CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in TOY_SPECIAL])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOY_ADDED])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        additional_special_tokens=TOY_SPECIAL[4:], chat_template=R1_STYLE_TEMPLATE, padding_side="right",
+    )
+
+
+def load_tokenizer(src: str | os.PathLike):
+    """The tokenizer (a transformers PreTrainedTokenizerFast with a chat template) that goes with a model source."""
+    from transformers import AutoTokenizer
+
+    from r1kit.models.checkpoint import resolve_source
+
+    source = resolve_source(src)
+    if isinstance(source, str):
+        if source.startswith("toy"):
+            return toy_tokenizer()
+        raise CheckpointError(f"preset {source!r} has no bundled tokenizer; load it from a checkpoint directory")
+    source = Path(source)
+    if source.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    if not any((source / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise CheckpointError(f"{source}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    return AutoTokenizer.from_pretrained(str(source))
+
+
+def apply_chat_template(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """Render chat messages to a prompt string with the tokenizer's template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise CheckpointError("this tokenizer has no chat template; pass already-templated prompt strings")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
