@@ -55,7 +55,7 @@ def test_majority_vote_counts_and_ties():
     assert majority_vote(["1", "3", "3", "1"], _same) == 0
     assert majority_vote([None, None, None, "4"], _same) == 3  # None never votes
     assert majority_vote([None, None], _same) is None
-    numeric = lambda a, b: float(a) == float(b)  # noqa: E731
+    numeric = lambda a, b: float(a) == float(b)
     assert majority_vote(["7", "0.50", "2", "0.5"], numeric) == 1  # 0.50 and 0.5 are one group
 
 

@@ -20,8 +20,6 @@ import r1kit.rewards
 from r1kit.errors import R1kitError
 from r1kit.evaluation.layouts import Problem
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
-
 
 @dataclass(frozen=True)
 class Grader:
@@ -37,24 +35,11 @@ def normalize(text: str) -> str:
     return re.sub(r"\s*,\s*", ",", " ".join(text.split())).rstrip(".").casefold()
 
 
-def extract_code(text: str) -> str | None:
-    """The last fenced code block of `text` (preferring ```python blocks), or None when there is none."""
-    blocks = _FENCE.findall(text or "")
-    if not blocks:
-        return None
-    python = [code for lang, code in blocks if lang.lower() in ("python", "py", "python3")]
-    return (python or [code for _, code in blocks])[-1]
-
-
 def _each(
     check: Callable[[str, Problem], bool],
 ) -> Callable[[Sequence[str | None], Sequence[Problem]], list[bool]]:
     """Lift a per-answer check to a batch check; a missing answer is wrong."""
     return lambda answers, problems: [a is not None and bool(check(a, p)) for a, p in zip(answers, problems)]
-
-
-def _math_equal(a: str, b: str) -> bool:
-    return normalize(a) == normalize(b) or bool(r1kit.rewards.math_equal(a, b))
 
 
 def _countdown(answer: str, problem: Problem) -> bool:
@@ -70,7 +55,7 @@ def _extract_choice(completion: Any, problem: Problem) -> str | None:
 
 
 def _extract_program(completion: Any, problem: Problem) -> str | None:
-    code = extract_code(completion.answer or "")  # the program is read from the part after </think>
+    code = r1kit.rewards.extract_code(completion.text)  # the last code block after </think>
     if code is None:
         return None
     # HumanEval-style: a reply that only gives the body is completed by the prompt's signature.
@@ -84,7 +69,11 @@ def _run_code(answers: Sequence[str | None], problems: Sequence[Problem], worker
     """Run every program against its problem's tests in the rewards sandbox pool, `workers` at a time."""
     todo = [i for i, code in enumerate(answers) if code is not None]
     items = [
-        {"code": answers[i], "tests": problems[i].meta["tests"], "entry_point": problems[i].meta.get("entry_point")}
+        {
+            "code": answers[i],
+            "tests": problems[i].meta["tests"],
+            "entry_point": problems[i].meta.get("entry_point"),
+        }
         for i in todo
     ]
     reports = r1kit.rewards.run_tests_batch(items, workers=workers) if items else []
@@ -95,7 +84,9 @@ def _run_code(answers: Sequence[str | None], problems: Sequence[Problem], worker
 
 
 GRADERS: dict[str, Grader] = {
-    "math": Grader(_extract_boxed, _each(lambda a, p: _math_equal(a, p.gold)), _math_equal),
+    "math": Grader(
+        _extract_boxed, _each(lambda a, p: r1kit.rewards.math_equal(a, p.gold)), r1kit.rewards.math_equal
+    ),
     "exact": Grader(
         _extract_boxed,
         _each(lambda a, p: normalize(a) == normalize(p.gold)),
