@@ -30,7 +30,9 @@ from r1kit.training.optim import build_optimizer, build_scheduler
 
 
 def saver(model):
-    return lambda d: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d / "model.safetensors")
+    return lambda d: save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, d / "model.safetensors"
+    )
 
 
 def loader(model):
@@ -56,7 +58,12 @@ def train_step(model, opt, sched, gen):
 
 
 def draw(gen):
-    return (random.random(), float(np.random.rand()), torch.rand(3).tolist(), torch.rand(2, generator=gen).tolist())
+    return (
+        random.random(),
+        float(np.random.rand()),
+        torch.rand(3).tolist(),
+        torch.rand(2, generator=gen).tolist(),
+    )
 
 
 def test_round_trip_restores_training_and_rng(tmp_path):
@@ -64,8 +71,16 @@ def test_round_trip_restores_training_and_rng(tmp_path):
     gen = torch.Generator().manual_seed(7)
     for _ in range(3):
         train_step(model, opt, sched, gen)
-    path = save_checkpoint(tmp_path, 3, save_model_fn=saver(model), optimizer=opt, scheduler=sched,
-                           data_state={"epoch": 1, "index": 48}, extra={"note": "x"}, generators={"data": gen})
+    path = save_checkpoint(
+        tmp_path,
+        3,
+        save_model_fn=saver(model),
+        optimizer=opt,
+        scheduler=sched,
+        data_state={"epoch": 1, "index": 48},
+        extra={"note": "x"},
+        generators={"data": gen},
+    )
     assert path.name == "step-00000003" and latest_checkpoint(tmp_path) == path
     want_draws = draw(gen)
     want_losses = [train_step(model, opt, sched, gen) for _ in range(3)]
@@ -74,8 +89,9 @@ def test_round_trip_restores_training_and_rng(tmp_path):
     model2, opt2, sched2 = setup(seed=123)  # different init, untouched optimizer
     gen2 = torch.Generator().manual_seed(999)
     random.seed(5), np.random.seed(5), torch.manual_seed(5)
-    ckpt = load_checkpoint(path, load_model_fn=loader(model2), optimizer=opt2, scheduler=sched2,
-                           generators={"data": gen2})
+    ckpt = load_checkpoint(
+        path, load_model_fn=loader(model2), optimizer=opt2, scheduler=sched2, generators={"data": gen2}
+    )
     assert (ckpt.step, ckpt.data_state, ckpt.extra) == (3, {"epoch": 1, "index": 48}, {"note": "x"})
     assert ckpt.model_dir == path / "model"
     assert draw(gen2) == want_draws
@@ -156,8 +172,9 @@ KILL_SCRIPT = textwrap.dedent(
 def test_sigkill_never_leaves_a_partial_latest(tmp_path):
     start = 0
     for delay in (0.05, 0.4):  # one kill early in the first save, one later among saves and deletions
-        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), str(start)],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILL_SCRIPT, str(tmp_path), str(start)], stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
@@ -185,7 +202,10 @@ class Cfg:
 def test_write_config_is_plain_yaml(tmp_path):
     run = RunDir(tmp_path / "run")
     run.write_config({"model": "toy", "train": Cfg()})
-    assert run.read_config() == {"model": "toy", "train": {"lr": 1e-3, "betas": [0.9, 0.95], "out": "/tmp/run"}}
+    assert run.read_config() == {
+        "model": "toy",
+        "train": {"lr": 1e-3, "betas": [0.9, 0.95], "out": "/tmp/run"},
+    }
     assert [p.name for p in run.path.iterdir()] == ["config.yaml"]
 
 
@@ -196,8 +216,9 @@ def run_loop(run_dir, total, crash_after=None):
     gen = torch.Generator().manual_seed(11)
     start = 0
     if (latest := run.latest_checkpoint()) is not None:
-        start = load_checkpoint(latest, load_model_fn=loader(model), optimizer=opt, scheduler=sched,
-                                generators={"data": gen}).step
+        start = load_checkpoint(
+            latest, load_model_fn=loader(model), optimizer=opt, scheduler=sched, generators={"data": gen}
+        ).step
     run.prepare_resume(start)
     with MetricsLogger(run.path, total_steps=total, start_step=start, progress=False) as log:
         for step in range(start + 1, total + 1):
@@ -207,8 +228,14 @@ def run_loop(run_dir, total, crash_after=None):
             if step == crash_after:
                 return
             if step % 2 == 0:
-                save_checkpoint(run.path, step, save_model_fn=saver(model), optimizer=opt, scheduler=sched,
-                                generators={"data": gen})
+                save_checkpoint(
+                    run.path,
+                    step,
+                    save_model_fn=saver(model),
+                    optimizer=opt,
+                    scheduler=sched,
+                    generators={"data": gen},
+                )
 
 
 def test_resumed_run_metrics_equal_uninterrupted(tmp_path):

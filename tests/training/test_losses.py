@@ -1,7 +1,8 @@
 """GRPO, SFT and distillation losses against references written out with plain Python loops.
 
-The GRPO reference computes, token by token with `math`, both the loss and its analytic derivative with respect
-to each current log-prob, so gradients are checked against calculus, not against autograd of the same code.
+The GRPO reference computes, token by token with `math`, both the loss and its analytic derivative with
+respect to each current log-prob, so gradients are checked against calculus, not against autograd of the same
+code.
 """
 
 import math
@@ -117,7 +118,12 @@ def test_grpo_loss_and_grad_match_loop_reference(loss_type, scale, clip, beta, o
     ref_adv = ref_advantages(rewards.tolist(), scale)
     assert adv.tolist() == pytest.approx(ref_adv, rel=1e-12)
     want_loss, want_grad = ref_grpo(
-        logps.tolist(), old.tolist() if off_policy else None, ref.tolist(), None, mask.tolist(), ref_adv,
+        logps.tolist(),
+        old.tolist() if off_policy else None,
+        ref.tolist(),
+        None,
+        mask.tolist(),
+        ref_adv,
         {"loss_type": loss_type, "eps_low": clip[0], "eps_high": clip[1], "beta": beta},
     )
     assert loss.item() == pytest.approx(want_loss, rel=1e-9, abs=1e-12)
@@ -137,9 +143,20 @@ def test_truncated_importance_sampling_and_unbiased_kl(unbiased_kl):
     loss, metrics = grpo_loss(lp, adv, mask, cfg, old_logps=old, ref_logps=ref, rollout_logps=rollout)
     loss.backward()
     want_loss, want_grad = ref_grpo(
-        logps.tolist(), old.tolist(), ref.tolist(), rollout.tolist(), mask.tolist(), adv.tolist(),
-        {"loss_type": "bnpo", "eps_low": 0.2, "eps_high": 0.28, "beta": 0.1, "tis_cap": 1.5,
-         "unbiased_kl": unbiased_kl},
+        logps.tolist(),
+        old.tolist(),
+        ref.tolist(),
+        rollout.tolist(),
+        mask.tolist(),
+        adv.tolist(),
+        {
+            "loss_type": "bnpo",
+            "eps_low": 0.2,
+            "eps_high": 0.28,
+            "beta": 0.1,
+            "tis_cap": 1.5,
+            "unbiased_kl": unbiased_kl,
+        },
     )
     assert loss.item() == pytest.approx(want_loss, rel=1e-9)
     torch.testing.assert_close(lp.grad, torch.tensor(want_grad, dtype=torch.float64), rtol=1e-9, atol=1e-12)
@@ -180,8 +197,9 @@ def test_gradient_accumulation_equals_full_batch(loss_type):
     split = logps.clone().requires_grad_(True)
     halves = [slice(0, 3), slice(3, B)] if loss_type == "dapo" else [slice(0, 4), slice(4, B)]
     for s in halves:
-        loss, _ = grpo_loss(split[s], adv[s], mask[s], cfg, old_logps=old[s], grad_accum_steps=2,
-                            num_accum_tokens=mask.sum())
+        loss, _ = grpo_loss(
+            split[s], adv[s], mask[s], cfg, old_logps=old[s], grad_accum_steps=2, num_accum_tokens=mask.sum()
+        )
         loss.backward()
     torch.testing.assert_close(split.grad, full.grad)
 
@@ -205,7 +223,7 @@ def test_missing_inputs_raise():
         grpo_loss(logps, adv, mask, GRPOLossConfig("dapo"), grad_accum_steps=2)
 
 
-# ------------------------------------------------------------------------------------------ log-probs, entropy
+# ---------------------------------------------------------------------------------------- log-probs, entropy
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_selective_log_softmax(dtype):
     g = torch.Generator().manual_seed(0)
@@ -231,7 +249,7 @@ def test_entropy_from_logits():
     assert entropy_from_logits(torch.zeros(1, 8)).item() == pytest.approx(math.log(8))
 
 
-# ------------------------------------------------------------------------------------------- SFT, distillation
+# ----------------------------------------------------------------------------------------- SFT, distillation
 def test_cross_entropy_masks_tokens():
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(2, 4, 6, generator=g)

@@ -21,8 +21,10 @@ def test_log_writes_one_json_line_per_step(tmp_path):
     ]
     assert "NaN" not in lines[1]  # strict JSON
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
-    assert samples == [{"step": 2, "prompt": "1+1", "completion": "2", "reward": 1.0},
-                       {"step": 2, "prompt": "2+2"}]
+    assert samples == [
+        {"step": 2, "prompt": "1+1", "completion": "2", "reward": 1.0},
+        {"step": 2, "prompt": "2+2"},
+    ]
     assert read_metrics(tmp_path) == read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
 

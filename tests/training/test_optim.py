@@ -30,7 +30,10 @@ def test_decay_only_on_matrices():
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert {id(p) for p in decayed["params"]} == {id(model.proj.weight)}
     assert {id(p) for p in plain["params"]} == {
-        id(model.embed.weight), id(model.norm.weight), id(model.norm.bias), id(model.proj.bias)
+        id(model.embed.weight),
+        id(model.norm.weight),
+        id(model.norm.bias),
+        id(model.proj.bias),
     }
     assert opt.defaults["betas"] == (0.9, 0.95)
 
@@ -95,7 +98,9 @@ def test_clip_grad_norm():
     assert clip_grad_norm([p1, p2], None) == pytest.approx(5.0)
     assert p1.grad.tolist() == [3.0, 0.0]  # measure only
     assert clip_grad_norm([p1, p2], 1.0) == pytest.approx(5.0)
-    assert p1.grad.tolist() == pytest.approx([0.6, 0.0], rel=1e-5) and p2.grad.item() == pytest.approx(0.8, 1e-5)
+    assert p1.grad.tolist() == pytest.approx([0.6, 0.0], rel=1e-5) and p2.grad.item() == pytest.approx(
+        0.8, 1e-5
+    )
 
 
 @pytest.mark.parametrize(

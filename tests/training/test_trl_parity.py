@@ -54,8 +54,9 @@ def trl_loss(cfg: GRPOLossConfig, logps, inputs, *, use_bias_correction_kl=False
         model=SimpleNamespace(training=True),
         _metrics={"train": defaultdict(list)},
         # one generation batch feeds two optimizer steps of ACCUM micro-batches each
-        args=SimpleNamespace(use_bias_correction_kl=use_bias_correction_kl, delta=None,
-                             steps_per_generation=2 * ACCUM),
+        args=SimpleNamespace(
+            use_bias_correction_kl=use_bias_correction_kl, delta=None, steps_per_generation=2 * ACCUM
+        ),
     )
     trainer._get_per_token_logps_and_entropies = lambda *a, **k: (logps, torch.zeros_like(logps), None)
     loss = trainer._compute_loss(None, inputs)
@@ -96,16 +97,22 @@ def run_both(cfg, data, *, off_policy, use_bias_correction_kl=False, tis=False):
     if tis:  # what TRL computes at generation time in token_truncate mode
         inputs["importance_sampling_ratio"] = torch.exp(data["old"] - data["rollout"]).clamp(max=cfg.tis_cap)
     theirs_lp = data["logps"].clone().requires_grad_(True)
-    theirs, trl_metrics = trl_loss(cfg, theirs_lp, inputs, use_bias_correction_kl=use_bias_correction_kl,
-                                   tis=tis)
+    theirs, trl_metrics = trl_loss(
+        cfg, theirs_lp, inputs, use_bias_correction_kl=use_bias_correction_kl, tis=tis
+    )
     theirs.backward()
 
     ours_lp = data["logps"].clone().requires_grad_(True)
     ours, metrics = grpo_loss(
-        ours_lp, data["adv"], data["mask"], cfg,
-        old_logps=inputs.get("old_per_token_logps"), ref_logps=inputs.get("ref_per_token_logps"),
+        ours_lp,
+        data["adv"],
+        data["mask"],
+        cfg,
+        old_logps=inputs.get("old_per_token_logps"),
+        ref_logps=inputs.get("ref_per_token_logps"),
         rollout_logps=data["rollout"] if tis else None,
-        grad_accum_steps=ACCUM, num_accum_tokens=data["num_items_in_batch"],
+        grad_accum_steps=ACCUM,
+        num_accum_tokens=data["num_items_in_batch"],
     )
     ours.backward()
     return (theirs, theirs_lp.grad, trl_metrics), (ours, ours_lp.grad, metrics)
@@ -116,7 +123,9 @@ def run_both(cfg, data, *, off_policy, use_bias_correction_kl=False, tis=False):
 @pytest.mark.parametrize("clip,off_policy", [((0.2, 0.2), False), ((0.2, 0.2), True), ((0.2, 0.28), True)])
 def test_same_loss_and_grad_as_trl(loss_type, beta, clip, off_policy):
     cfg = GRPOLossConfig(loss_type, clip[0], clip[1], beta, max_completion_length=MAX_LEN)
-    (theirs, their_grad, their_m), (ours, our_grad, our_m) = run_both(cfg, fixed_inputs(0), off_policy=off_policy)
+    (theirs, their_grad, their_m), (ours, our_grad, our_m) = run_both(
+        cfg, fixed_inputs(0), off_policy=off_policy
+    )
     assert abs(ours.item() - theirs.item()) < 1e-5
     torch.testing.assert_close(our_grad, their_grad, rtol=1e-5, atol=1e-7)
     assert our_m["clip_ratio/region"] == pytest.approx(their_m["clip_ratio/region_mean"][0], abs=1e-6)

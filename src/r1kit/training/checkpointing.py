@@ -12,13 +12,13 @@
           rng_state.pt        python, numpy, torch (and CUDA) RNG states, plus named torch.Generators
           trainer_state.json  step, data-order state, extra; written last: it marks the checkpoint complete
 
-Atomicity: a checkpoint is assembled in a hidden `.tmp-*` directory, every file is fsynced, and the directory is
-renamed to `step-N` in one `rename` (atomic on POSIX). Old checkpoints are renamed to `.trash-*` before being
-deleted. So whenever the process is SIGKILLed, `latest_checkpoint` returns a complete checkpoint or None,
+Atomicity: a checkpoint is assembled in a hidden `.tmp-*` directory, every file is fsynced, and the directory
+is renamed to `step-N` in one `rename` (atomic on POSIX). Old checkpoints are renamed to `.trash-*` before
+being deleted. So whenever the process is killed, `latest_checkpoint` returns a complete checkpoint or None,
 never a partial one; leftovers of an interrupted save are ignored and swept by the next save.
 
-The .pt files hold only tensors and plain Python values and are read back with `torch.load(weights_only=True)`,
-which refuses arbitrary pickled objects.
+The .pt files hold only tensors and plain Python values and are read back with
+`torch.load(weights_only=True)`, which refuses arbitrary pickled objects.
 
 Left out: sharded / distributed checkpoints (one process writes), async saving, cloud storage.
 """
@@ -69,15 +69,20 @@ class Checkpoint:
         return self.path / MODEL_DIR
 
 
-# ------------------------------------------------------------------------------------------------ RNG state
+# ---------------------------------------------------------------------------------------------- RNG state
 def rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
     """Every global RNG's state (and the named generators'), as tensors and plain values."""
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "generators": {name: g.get_state() for name, g in (generators or {}).items()},
     }
@@ -92,7 +97,13 @@ def set_rng_state(state: Mapping[str, Any], generators: Mapping[str, torch.Gener
     random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
     npy = state["numpy"]
     np.random.set_state(
-        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+        (
+            npy["kind"],
+            npy["keys"].numpy().astype(np.uint32),
+            npy["pos"],
+            npy["has_gauss"],
+            npy["cached_gaussian"],
+        )
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -103,7 +114,7 @@ def set_rng_state(state: Mapping[str, Any], generators: Mapping[str, torch.Gener
         g.set_state(state["generators"][name])
 
 
-# ------------------------------------------------------------------------------------------------ save / find
+# ---------------------------------------------------------------------------------------------- save / find
 def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
@@ -171,8 +182,12 @@ def save_checkpoint(
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
         torch.save(rng_state(generators), tmp / RNG_FILE)
-        state = {"format_version": FORMAT_VERSION, "step": step,
-                 "data_state": dict(data_state or {}), "extra": dict(extra or {})}
+        state = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "data_state": dict(data_state or {}),
+            "extra": dict(extra or {}),
+        }
         atomic_write_json(tmp / STATE_FILE, state)  # last: marks completeness
         _fsync_tree(tmp)
         final = root / checkpoint_name(step)
@@ -212,7 +227,7 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-# ------------------------------------------------------------------------------------------------------- load
+# ----------------------------------------------------------------------------------------------------- load
 def _load_tensors(path: Path) -> Any:
     if not path.exists():
         raise CheckpointError(f"{path.parent} has no {path.name}")
@@ -239,7 +254,9 @@ def load_checkpoint(
         raise CheckpointError(f"{path} is not a complete checkpoint (no valid {STATE_FILE})")
     state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     if state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path / STATE_FILE}: unsupported format_version {state.get('format_version')}")
+        raise CheckpointError(
+            f"{path / STATE_FILE}: unsupported format_version {state.get('format_version')}"
+        )
     if load_model_fn is not None:
         load_model_fn(path / MODEL_DIR)
     if optimizer is not None:
@@ -254,7 +271,7 @@ def load_checkpoint(
     return Checkpoint(path, state["step"], state.get("data_state", {}), state.get("extra", {}))
 
 
-# ---------------------------------------------------------------------------------------------------- run dir
+# -------------------------------------------------------------------------------------------------- run dir
 def _plain(obj: Any) -> Any:
     """Config values as YAML-safe plain types (dataclasses, tuples and paths included)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -16,8 +16,8 @@ The aggregation over tokens is the only difference between the loss types and is
 
 Gradient accumulation: the returned loss is scaled so that summing `.backward()` over the micro-batches of one
 optimizer step gives the gradient of the objective over the accumulated batch, exactly as TRL does: grpo,
-bnpo and dr_grpo divide by `grad_accum_steps`; dapo divides by `num_accum_tokens`, which the caller counts over
-all micro-batches and passes in.
+bnpo and dr_grpo divide by `grad_accum_steps`; dapo divides by `num_accum_tokens`, which the caller counts
+over all micro-batches and passes in.
 
 Also here: `selective_log_softmax` (per-token log-prob of given ids without materializing the full
 log-softmax), `entropy_from_logits`, SFT `cross_entropy_loss` with a loss mask, and logit distillation
@@ -77,25 +77,28 @@ class GRPOLossConfig:
             raise ConfigError(f"tis_cap must be > 0, got {self.tis_cap}")
 
 
-# ----------------------------------------------------------------------------------------------- aggregation
+# --------------------------------------------------------------------------------------------- aggregation
 # Each takes the masked per-token loss x [B, T] (zeros where mask is 0), the mask [B, T] (float), the config,
 # grad_accum_steps and num_accum_tokens, and returns this micro-batch's share of the accumulated loss.
-Aggregation = Callable[[Tensor, Tensor, GRPOLossConfig, int, "Tensor | float | None"], Tensor]
+TokenCount = Tensor | float | None
+Aggregation = Callable[[Tensor, Tensor, GRPOLossConfig, int, TokenCount], Tensor]
 
 
-def _aggregate_grpo(x: Tensor, mask: Tensor, cfg: GRPOLossConfig, steps: int, tokens) -> Tensor:
+def _aggregate_grpo(x: Tensor, mask: Tensor, cfg: GRPOLossConfig, steps: int, tokens: TokenCount) -> Tensor:
     return (x.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / steps
 
 
-def _aggregate_bnpo(x: Tensor, mask: Tensor, cfg: GRPOLossConfig, steps: int, tokens) -> Tensor:
+def _aggregate_bnpo(x: Tensor, mask: Tensor, cfg: GRPOLossConfig, steps: int, tokens: TokenCount) -> Tensor:
     return x.sum() / mask.sum().clamp(min=1.0) / steps
 
 
-def _aggregate_dr_grpo(x: Tensor, mask: Tensor, cfg: GRPOLossConfig, steps: int, tokens) -> Tensor:
+def _aggregate_dr_grpo(
+    x: Tensor, mask: Tensor, cfg: GRPOLossConfig, steps: int, tokens: TokenCount
+) -> Tensor:
     return x.sum() / (x.size(0) * cfg.max_completion_length) / steps
 
 
-def _aggregate_dapo(x: Tensor, mask: Tensor, cfg: GRPOLossConfig, steps: int, tokens) -> Tensor:
+def _aggregate_dapo(x: Tensor, mask: Tensor, cfg: GRPOLossConfig, steps: int, tokens: TokenCount) -> Tensor:
     if tokens is None:
         if steps != 1:
             raise ValueError("loss_type 'dapo' with grad_accum_steps > 1 needs num_accum_tokens")
@@ -111,7 +114,7 @@ AGGREGATIONS: dict[str, Aggregation] = {
 }
 
 
-# ------------------------------------------------------------------------------------------------- GRPO loss
+# ----------------------------------------------------------------------------------------------- GRPO loss
 def k3_kl(logps: Tensor, ref_logps: Tensor) -> Tensor:
     """Per-token k3 estimate of KL(pi || pi_ref): exp(ref - logp) - (ref - logp) - 1 (>= 0, unbiased)."""
     d = ref_logps - logps
@@ -154,7 +157,9 @@ def grpo_loss(
         gradient accumulation).
     """
     if logps.shape != completion_mask.shape:
-        raise ValueError(f"logps {tuple(logps.shape)} and completion_mask {tuple(completion_mask.shape)} differ")
+        raise ValueError(
+            f"logps {tuple(logps.shape)} and completion_mask {tuple(completion_mask.shape)} differ"
+        )
     if cfg.beta > 0 and ref_logps is None:
         raise ValueError("beta > 0 needs ref_logps")
     if cfg.tis_cap is not None and rollout_logps is None:
@@ -205,7 +210,7 @@ def grpo_loss(
     return loss, metrics
 
 
-# ---------------------------------------------------------------------------------------- log-probs, entropy
+# -------------------------------------------------------------------------------------- log-probs, entropy
 def selective_log_softmax(logits: Tensor, ids: Tensor, chunk_tokens: int = 1024) -> Tensor:
     """log softmax(logits)[..., ids] in float32, with the shape of `ids`.
 
@@ -231,7 +236,7 @@ def entropy_from_logits(logits: Tensor, chunk_tokens: int = 1024) -> Tensor:
     return torch.cat(out).view(logits.shape[:-1])
 
 
-# ------------------------------------------------------------------------------------------- SFT, distillation
+# ----------------------------------------------------------------------------------------- SFT, distillation
 def _masked_token_mean(per_token: Tensor, mask: Tensor, normalizer: Tensor | float | None) -> Tensor:
     mask = mask.to(per_token.dtype)
     denom = mask.sum().clamp(min=1.0) if normalizer is None else normalizer

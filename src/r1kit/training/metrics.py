@@ -72,16 +72,22 @@ class MetricsLogger:
         self.samples_path = self.run_dir / SAMPLES_FILE
         self.show = tuple(show)
         self._bar = tqdm(
-            total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True, disable=not progress
+            total=total_steps,
+            initial=start_step,
+            desc=desc,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not progress,
         )
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
-        """Append `{"step": step, **metrics}` as one line and advance the bar to `step`; returns the record."""
+        """Append `{"step": step, **metrics}` as one line, advance the bar to `step`; returns the record."""
         record = _json_record({"step": int(step), **metrics})
         append_jsonl(self.metrics_path, record)
         shown = {k: record[k] for k in self.show if record.get(k) is not None}
-        self._bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in shown.items()},
-                              refresh=False)
+        self._bar.set_postfix(
+            {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in shown.items()}, refresh=False
+        )
         self._bar.update(max(0, int(step) - self._bar.n))
         return record
 
@@ -112,7 +118,7 @@ def read_metrics(source: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def truncate_after_step(path: str | os.PathLike, step: int) -> int:
-    """Atomically drop the records with "step" > `step` (and a torn last line); returns how many were dropped."""
+    """Atomically drop records with "step" > `step` (and a torn last line); returns how many were dropped."""
     path = Path(path)
     if not path.exists():
         return 0

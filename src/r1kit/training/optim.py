@@ -91,7 +91,9 @@ def build_scheduler(
     if schedule not in SCHEDULES:
         raise ConfigError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if warmup_steps < 0 or total_steps < 1:
-        raise ConfigError(f"need warmup_steps >= 0 and total_steps >= 1, got {warmup_steps} and {total_steps}")
+        raise ConfigError(
+            f"need warmup_steps >= 0 and total_steps >= 1, got {warmup_steps} and {total_steps}"
+        )
     if warmup_steps > total_steps:
         raise ConfigError(f"warmup_steps ({warmup_steps}) exceeds total_steps ({total_steps})")
     if not 0 <= min_lr_ratio <= 1:

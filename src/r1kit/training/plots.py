@@ -37,7 +37,9 @@ def series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float],
     return steps, values
 
 
-def metrics_figure(records: Sequence[Mapping[str, Any]], keys: Sequence[str], title: str | None = None) -> Figure:
+def metrics_figure(
+    records: Sequence[Mapping[str, Any]], keys: Sequence[str], title: str | None = None
+) -> Figure:
     """A figure with one axes per key that has data, in the order given (up to 3 panels per row)."""
     panels = [(k, *series(records, k)) for k in keys]
     panels = [p for p in panels if p[1]]
