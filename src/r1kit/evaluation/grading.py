@@ -62,7 +62,7 @@ def _extract_program(completion: Any, problem: Problem) -> str | None:
     entry, prefix = problem.meta.get("entry_point"), problem.meta.get("code_prefix")
     if prefix and entry and f"def {entry}" not in code:
         code = prefix + code
-    return code
+    return code + problem.meta.get("code_suffix", "")
 
 
 def _run_code(answers: Sequence[str | None], problems: Sequence[Problem], workers: int = 4) -> list[bool]:

@@ -220,10 +220,15 @@ def decode_lcb_tests(value: Any) -> list[dict] | None:
     return json.loads(raw)
 
 
-def _functional_test(case: dict, func_name: str) -> str:
-    """A LeetCode-style case (one JSON argument per input line) as an assert on Solution().func_name."""
+# The rewards sandbox calls the candidate's top-level functions; LeetCode-style problems define a class,
+# so the program gets a top-level entry that forwards to `Solution().<func_name>`.
+LCB_ENTRY = "lcb_entry"
+
+
+def _functional_test(case: dict) -> str:
+    """A LeetCode-style case (one JSON argument per input line) as an assert on the forwarding entry."""
     args = ", ".join(f"json.loads({line!r})" for line in str(case["input"]).split("\n") if line.strip())
-    return f"assert Solution().{func_name}({args}) == json.loads({str(case['output'])!r})"
+    return f"assert {LCB_ENTRY}({args}) == json.loads({str(case['output'])!r})"
 
 
 def livecodebench(row: dict, index: int, seed: int) -> Problem:
@@ -231,7 +236,8 @@ def livecodebench(row: dict, index: int, seed: int) -> Problem:
     private_test_cases, metadata.
 
     Test cases are {"input", "output", "testtype"} with testtype "stdin" (stdin/stdout) or "functional"
-    (call `Solution().<metadata.func_name>` with one JSON argument per input line).
+    (call `Solution().<metadata.func_name>` with one JSON argument per input line, through a top-level
+    forwarding function appended to the program).
     """
     public = decode_lcb_tests(_get(row, "public_test_cases", "livecodebench")) or []
     private = decode_lcb_tests(row.get("private_test_cases"))
@@ -248,7 +254,8 @@ def livecodebench(row: dict, index: int, seed: int) -> Problem:
             raise R1kitError(
                 f"livecodebench: functional problem {row.get('question_id', index)} has no metadata.func_name"
             )
-        meta["tests"] = "import json\n" + "\n".join(_functional_test(c, func_name) for c in cases) + "\n"
+        meta["tests"] = "import json\n" + "\n".join(_functional_test(c) for c in cases) + "\n"
+        meta["code_suffix"] = f"\n\ndef {LCB_ENTRY}(*args):\n    return Solution().{func_name}(*args)\n"
     starter = str(row.get("starter_code") or "")
     instructions = LCB_STARTER.replace("{starter_code}", starter) if starter.strip() else LCB_STDIN
     return Problem(
