@@ -190,8 +190,13 @@ def _proxy(session: _Session, name: str):
     return call
 
 
-def _split_tests(test_code: str, entry_point: str | None) -> list[tuple[bool, ast.Module]]:
-    """Top-level statements as (is_test, module); a `check` without top-level asserts becomes one test."""
+def _split_tests(test_code: str, entry_point: str | None) -> tuple[list[tuple[bool, ast.Module]], set[str]]:
+    """Top-level statements as (is_test, module), and the names to bind to candidate proxies.
+
+    A `check` without top-level asserts becomes one test ``check(entry_point)``. Only names the test reads
+    but neither defines, imports nor finds in builtins are proxied, so a candidate defining its own ``abs``
+    or ``check`` cannot change what the test means.
+    """
     try:
         tree = ast.parse(test_code)
     except SyntaxError as e:
@@ -199,13 +204,21 @@ def _split_tests(test_code: str, entry_point: str | None) -> list[tuple[bool, as
     parts = [(isinstance(s, ast.Assert), ast.Module(body=[s], type_ignores=[])) for s in tree.body]
     defines_check = any(isinstance(s, ast.FunctionDef) and s.name == "check" for s in tree.body)
     if defines_check and entry_point and not any(t for t, _ in parts):
-        call = ast.parse(f"check({entry_point})")
-        parts.append((True, call))
-    return parts
+        parts.append((True, ast.parse(f"check({entry_point})")))
+    bound = set(dir(builtins))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            bound.add(node.id)
+    loads = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return parts, (loads - bound) | ({entry_point} if entry_point else set())
 
 
 def _run_asserts(code: str, test_code: str, entry_point: str | None, limits: Limits) -> list[str]:
-    parts = _split_tests(test_code, entry_point)
+    parts, wanted = _split_tests(test_code, entry_point)
     n_tests = sum(t for t, _ in parts)
     if n_tests == 0:
         raise R1kitError("assert-style test code has no top-level assert and no check(entry_point)")
@@ -216,7 +229,7 @@ def _run_asserts(code: str, test_code: str, entry_point: str | None, limits: Lim
             try:
                 if session.box is None:
                     session.start()
-                    ns.update({n: _proxy(session, n) for n in session.names})
+                    ns.update({n: _proxy(session, n) for n in session.names if n in wanted})
                     if entry_point and entry_point not in session.names:
                         raise _TestFailed("runtime_error")
                 session.deadline = time.monotonic() + limits.timeout

@@ -96,6 +96,11 @@ def _prefix_of(interpreter: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
+def _runner_source() -> str:
+    return _RUNNER.read_text()
+
+
+@functools.lru_cache(maxsize=1)
 def detect_isolation() -> Isolation:
     """Probes the machine once: is a hardened bwrap launch possible here?"""
     setpriv, bwrap = shutil.which("setpriv"), shutil.which("bwrap")
@@ -198,6 +203,13 @@ def _kill_uid(uid: int) -> None:
                 pass
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 class SandboxProcess:
     """One running sandbox speaking the runner's line protocol. Use as a context manager.
 
@@ -216,7 +228,7 @@ class SandboxProcess:
                 self.workdir = tempfile.mkdtemp(prefix="r1kit-sandbox-")
                 if self.iso.drop_uid:
                     os.chown(self.workdir, _SLOT_UID_BASE + self.slot, _SLOT_UID_BASE + self.slot)
-            argv = _launch_argv(self.iso, self.slot, limits) + ["-c", _RUNNER.read_text()]
+            argv = _launch_argv(self.iso, self.slot, limits) + ["-c", _runner_source()]
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.DEVNULL, env={}, cwd=self.workdir or "/",
                                          start_new_session=True, close_fds=True)
@@ -263,6 +275,18 @@ class SandboxProcess:
         return obj
 
     def close(self) -> None:
+        if self.iso.kind == "bwrap" and self.proc.poll() is None:
+            # Kill the namespace's init first (the kernel then kills everything in the pid namespace) and let
+            # bwrap reap it; killing bwrap first would leave the init a zombie under the host's pid 1.
+            for pid in _children(self.proc.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                self.proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                pass
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
