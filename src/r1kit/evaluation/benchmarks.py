@@ -122,7 +122,7 @@ def _builtin() -> dict[str, Benchmark]:
             8,
             'CSV with "Question", "Correct Answer", "Incorrect Answer 1".."3" (choices are shuffled)',
             "gpqa_diamond.csv from the password-protected zip at github.com/idavidrein/gpqa "
-            "(or the gated hf:Idavidrein/gpqa)",
+            "(or the gated Idavidrein/gpqa dataset, config gpqa_diamond, on the Hugging Face hub)",
             ("gpqa_diamond.csv", "test.csv"),
         ),
         Benchmark(
@@ -132,7 +132,7 @@ def _builtin() -> dict[str, Benchmark]:
             CHOICE_TEMPLATE,
             1,
             "JSONL/Parquet with question, choices (list), answer (index or letter), subject",
-            "cais/mmlu all/test-00000-of-00001.parquet, or hf:cais/mmlu (config all, split test)",
+            "cais/mmlu all/test-00000-of-00001.parquet on the Hugging Face hub",
             ("test.parquet", "test.jsonl"),
         ),
         Benchmark(

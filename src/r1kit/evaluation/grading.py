@@ -39,7 +39,9 @@ def _each(
     check: Callable[[str, Problem], bool],
 ) -> Callable[[Sequence[str | None], Sequence[Problem]], list[bool]]:
     """Lift a per-answer check to a batch check; a missing answer is wrong."""
-    return lambda answers, problems: [a is not None and bool(check(a, p)) for a, p in zip(answers, problems)]
+    return lambda answers, problems: [
+        a is not None and bool(check(a, p)) for a, p in zip(answers, problems, strict=True)
+    ]
 
 
 def _countdown(answer: str, problem: Problem) -> bool:

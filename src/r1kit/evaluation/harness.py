@@ -126,7 +126,7 @@ def _run_batch(
     if len(completions) != len(batch):
         raise R1kitError(f"generate returned {len(completions)} completions for {len(batch)} prompts")
     problems = [p for p, _ in batch]
-    extracted = [grader.extract(c, p) for c, p in zip(completions, problems)]
+    extracted = [grader.extract(c, p) for c, p in zip(completions, problems, strict=True)]
     correct = grader.check(extracted, problems)
     return [
         {
@@ -143,7 +143,7 @@ def _run_batch(
             "tokens": len(c.token_ids),
             "finish_reason": c.finish_reason,
         }
-        for (p, j), s, c, x, ok in zip(batch, seeds, completions, extracted, correct)
+        for (p, j), s, c, x, ok in zip(batch, seeds, completions, extracted, correct, strict=True)
     ]
 
 

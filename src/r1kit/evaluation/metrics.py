@@ -100,7 +100,7 @@ def summarize_scores(
             [pass_at_k(n, sum(map(bool, c)), k) for c in correct]
         )
     if answers is not None:
-        votes = [float(cons_at_k(a, c, n, equal)) for a, c in zip(answers, correct)]
+        votes = [float(cons_at_k(a, c, n, equal)) for a, c in zip(answers, correct, strict=True)]
         out[f"cons@{n}"], out[f"cons@{n}_stderr"] = mean_and_stderr(votes)
     return out
 
@@ -116,7 +116,7 @@ def accuracy_by_length(tokens: Sequence[int], correct: Sequence[bool], n_bins: i
     top = max(max(tokens), 1)
     width = top / n_bins
     bins: list[list[bool]] = [[] for _ in range(n_bins)]
-    for t, c in zip(tokens, correct):
+    for t, c in zip(tokens, correct, strict=True):
         bins[min(int(t / width), n_bins - 1)].append(bool(c))
     return [
         {"lo": round(i * width), "hi": round((i + 1) * width), "count": len(b), "accuracy": sum(b) / len(b)}

@@ -84,7 +84,7 @@ def render_report(summary: dict, plot_name: str | None) -> str:
         "|---|---|",
         *[f"| {k} | {v} |" for k, v in score_lines(summary)],
         f"| mean output tokens | {summary['mean_tokens']:.1f} |",
-        f"| truncated (hit max tokens) | {_pct(summary['truncation_rate'])} |",
+        f"| truncated (hit max tokens), % | {_pct(summary['truncation_rate'])} |",
         "",
         "## Published numbers (DeepSeek-R1 report, arXiv:2501.12948)",
         "",
