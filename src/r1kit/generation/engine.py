@@ -1,0 +1,251 @@
+"""The generation engine: continuous batching over a preallocated KV cache.
+
+One Engine serves `r1kit.generate`, GRPO rollouts, rejection sampling, evaluation, chat and the server.
+- The cache is allocated once (max_batch_size rows x max_seq_len slots); a request owns one row while it runs.
+- Each `step()` admits waiting requests into free rows (their prompts are prefilled together, right-padded,
+  in chunks of `prefill_chunk` tokens so long prompts stay within memory), then runs one batched decode step
+  over the running rows only: a finished request leaves its row at once and the next waiting one takes it.
+- Stopping is per request: EOS ids, stop strings (matched on the decoded text, excluded from it) and
+  max_new_tokens. Text is detokenized incrementally, so streaming and stop strings cost O(new tokens).
+
+Left out: paged attention, prefix caching and speculative decoding (MTP draft); CUDA graphs. For GPU-scale
+serving use the vLLM backend (`r1kit.generation.vllm_backend`) behind the same `generate` interface.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from r1kit.errors import R1kitError
+from r1kit.generation.reasoning import prompt_opens_think, split_reasoning
+from r1kit.generation.sampling import SamplingParams, make_generator, sample
+
+
+@dataclass
+class Completion:
+    text: str  # the reply as generated (think tags included), stop string and EOS excluded
+    reasoning: str
+    answer: str
+    token_ids: list[int]  # generated ids, EOS included when the model emitted it
+    logprobs: list[float]  # log-probability of each generated id under the temperature-scaled policy
+    finish_reason: str  # "stop" (EOS or stop string) | "length" | "abort"
+    prompt_tokens: int = 0
+
+
+@dataclass
+class Request:
+    id: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    prefilled_think: bool = False
+    generator: torch.Generator | None = None
+    out_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""  # decoded so far (stable part)
+    finish_reason: str | None = None
+    cut_at_stop: bool = False
+    row: int | None = None
+    _prefix: int = 0  # incremental detokenizer offsets into out_ids
+    _read: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def completion(self) -> Completion:
+        reasoning, answer = split_reasoning(self.text, self.prefilled_think)
+        return Completion(self.text, reasoning, answer, list(self.out_ids), list(self.logprobs),
+                          self.finish_reason or "abort", len(self.prompt_ids))
+
+
+class Engine:
+    def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_seq_len: int | None = None,
+                 prefill_chunk: int = 512):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch_size, self.prefill_chunk = max_batch_size, prefill_chunk
+        self.max_seq_len = min(max_seq_len or model.config.max_seq_len, model.config.max_seq_len)
+        self.eos_ids = set(model.config.eos_token_id or [])
+        if getattr(tokenizer, "eos_token_id", None) is not None:
+            self.eos_ids.add(tokenizer.eos_token_id)
+        self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.free_rows = list(range(max_batch_size))
+        self._ids = itertools.count()
+        self._cache_ready = False
+
+    # ---- requests ---------------------------------------------------------------------------------------------
+
+    def encode(self, prompt: str | list[dict] | list[int]) -> tuple[list[int], bool]:
+        """Token ids of a prompt (string, chat messages or ids) and whether it prefilled `<think>`."""
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
+            from r1kit.tokenizer import apply_chat_template
+
+            prompt = apply_chat_template(self.tokenizer, prompt)
+        if isinstance(prompt, str):
+            return self.tokenizer(prompt, add_special_tokens=False).input_ids, prompt_opens_think(prompt)
+        ids = [int(i) for i in prompt]
+        return ids, prompt_opens_think(self.tokenizer.decode(ids[-8:]))
+
+    def add_request(self, prompt, params: SamplingParams) -> Request:
+        ids, prefilled = self.encode(prompt)
+        if not ids:
+            raise R1kitError("empty prompt")
+        if len(ids) >= self.max_seq_len:
+            raise R1kitError(f"prompt has {len(ids)} tokens; the context window is {self.max_seq_len} tokens")
+        req = Request(next(self._ids), ids, params, prefilled, make_generator(params.seed))
+        self.waiting.append(req)
+        return req
+
+    def abort(self, req: Request) -> None:
+        if req in self.waiting:
+            self.waiting.remove(req)
+        if not req.done:
+            req.finish_reason = "abort"
+        self._release(req)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ---- the loop ---------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> list[Request]:
+        """Admit waiting requests, then decode one token for every running one. Returns the requests touched."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if not self._cache_ready:
+                self.model.setup_cache(self.max_batch_size, self.max_seq_len)
+                self._cache_ready = True
+            admitted = self._admit()
+            decoding = [r for r in self.running if r not in admitted and not r.done]
+            if decoding:
+                self._decode(decoding)
+        finally:
+            self.model.train(was_training)
+        touched = admitted + decoding
+        for req in touched:
+            if req.done:
+                self._release(req)
+        return touched
+
+    def _admit(self) -> list[Request]:
+        batch = []
+        while self.waiting and self.free_rows:
+            req = self.waiting.popleft()
+            req.row = self.free_rows.pop(0)
+            batch.append(req)
+        if not batch:
+            return []
+        self.running.extend(batch)
+        T = max(len(r.prompt_ids) for r in batch)
+        ids = torch.full((len(batch), T), self.pad_id, dtype=torch.long)
+        for i, r in enumerate(batch):
+            ids[i, : len(r.prompt_ids)] = torch.tensor(r.prompt_ids)
+        rows = torch.tensor([r.row for r in batch])
+        last_index = torch.tensor([len(r.prompt_ids) - 1 for r in batch])
+        last_hidden = torch.zeros(len(batch), self.model.config.dim, dtype=self.model.embed_tokens.weight.dtype)
+        for start in range(0, T, self.prefill_chunk):  # chunked prefill bounds attention memory on long prompts
+            end = min(start + self.prefill_chunk, T)
+            pos = torch.arange(start, end).expand(len(batch), -1)
+            h = self.model.forward_cached(ids[:, start:end], pos, kv_len=end, cache_rows=rows)
+            here = (last_index >= start) & (last_index < end)
+            if here.any():
+                last_hidden[here] = h[here, (last_index[here] - start)]
+        self._sample_and_append(batch, self.model.lm_head(last_hidden))
+        return batch
+
+    def _decode(self, reqs: list[Request]) -> None:
+        rows = [r.row for r in reqs]
+        tokens = torch.tensor([[r.out_ids[-1]] for r in reqs])
+        pos = torch.tensor([[len(r.prompt_ids) + len(r.out_ids) - 1] for r in reqs])
+        cache_rows = None if rows == list(range(len(rows))) else torch.tensor(rows)
+        h = self.model.forward_cached(tokens, pos, kv_len=int(pos.max()) + 1, cache_rows=cache_rows)
+        self._sample_and_append(reqs, self.model.lm_head(h[:, -1]))
+
+    def _sample_and_append(self, reqs: list[Request], logits: torch.Tensor) -> None:
+        tokens, logprobs = sample(logits, [r.params for r in reqs], [r.generator for r in reqs])
+        for req, tok, lp in zip(reqs, tokens.tolist(), logprobs.tolist()):
+            req.out_ids.append(tok)
+            req.logprobs.append(lp)
+            if tok in self.eos_ids and not req.params.ignore_eos:
+                req.finish_reason = "stop"
+            else:
+                self._detokenize(req)
+                if req.params.stop and self._hit_stop(req):
+                    req.finish_reason = "stop"
+                elif (len(req.out_ids) >= req.params.max_new_tokens
+                      or len(req.prompt_ids) + len(req.out_ids) >= self.max_seq_len):
+                    req.finish_reason = "length"
+            if req.done and not req.cut_at_stop:
+                ids = req.out_ids[:-1] if req.finish_reason == "stop" else req.out_ids  # drop the EOS
+                req.text = self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _release(self, req: Request) -> None:
+        if req in self.running:
+            self.running.remove(req)
+        if req.row is not None:
+            self.free_rows.append(req.row)
+            self.free_rows.sort()
+            req.row = None
+
+    # ---- text -------------------------------------------------------------------------------------------------
+
+    def _detokenize(self, req: Request) -> None:
+        """Incremental detokenization: decode only a small window, emit text once it is complete UTF-8."""
+        window = self.tokenizer.decode(req.out_ids[req._prefix:], skip_special_tokens=True)
+        before = self.tokenizer.decode(req.out_ids[req._prefix:req._read], skip_special_tokens=True)
+        if len(window) > len(before) and not window.endswith("\ufffd"):
+            req.text += window[len(before):]
+            req._prefix, req._read = req._read, len(req.out_ids)
+
+    def _hit_stop(self, req: Request) -> bool:
+        longest = max(len(s) for s in req.params.stop)
+        tail_start = max(0, len(req.text) - longest - 16)
+        hits = [i for s in req.params.stop if (i := req.text.find(s, tail_start)) != -1]
+        if hits:
+            req.text = req.text[: min(hits)]
+            req.cut_at_stop = True
+            return True
+        return False
+
+    def visible_text(self, req: Request) -> str:
+        """Text safe to stream now: holds back a tail that could still become a stop string."""
+        if req.done or not req.params.stop:
+            return req.text
+        hold = max(len(s) for s in req.params.stop) - 1
+        return req.text[: max(0, len(req.text) - hold)]
+
+    # ---- conveniences -----------------------------------------------------------------------------------------
+
+    def generate(self, prompts: list, params: SamplingParams | list[SamplingParams]) -> list[Completion]:
+        if isinstance(params, SamplingParams):
+            params = [params] * len(prompts)
+        reqs = [self.add_request(p, sp) for p, sp in zip(prompts, params)]
+        while any(not r.done for r in reqs):
+            self.step()
+        return [r.completion() for r in reqs]
+
+    def stream(self, prompt, params: SamplingParams) -> Iterator[str]:
+        """Yield text deltas of one request as they are decoded; closing the iterator aborts the request."""
+        req = self.add_request(prompt, params)
+        sent = 0
+        try:
+            while not req.done:
+                self.step()
+                text = self.visible_text(req)
+                if len(text) > sent:
+                    yield text[sent:]
+                    sent = len(text)
+            if len(req.text) > sent:
+                yield req.text[sent:]
+        finally:
+            if not req.done:
+                self.abort(req)
+        self.last_completion = req.completion()
