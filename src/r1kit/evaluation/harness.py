@@ -147,6 +147,12 @@ def _run_batch(
     ]
 
 
+def _settings(config: EvalConfig, chat: bool) -> dict:
+    """What a sample depends on besides its prompt: the cache key's settings (k, limit, batching are not)."""
+    fields = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "level")
+    return {**{f: getattr(config, f) for f in fields}, "chat": chat}
+
+
 def summarize(records: Sequence[dict], problems: Sequence[Problem], k: int, grader: Grader) -> dict:
     """Scores, length statistics and accuracy by length from the k records of every problem."""
     by_problem = {p.id: [None] * k for p in problems}
@@ -209,10 +215,7 @@ def evaluate(
     )
     grader = get_grader(bench.grader)
     chat = config.chat if config.chat is not None else bool(getattr(tokenizer, "chat_template", None))
-    settings = {
-        f: getattr(config, f) for f in ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "level")
-    }
-    settings["chat"] = chat
+    settings = _settings(config, chat)
     settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     key = {"model": model_id or _model_id(model), "benchmark": bench.name, "settings": settings_hash}
 
