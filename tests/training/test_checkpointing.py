@@ -165,30 +165,35 @@ KILL_SCRIPT = textwrap.dedent(
     while True:
         step += 1
         save_checkpoint(sys.argv[1], step, save_model_fn=save_model, optimizer=opt, keep_last=2)
+        print("saved", step, flush=True)
     """
 )
 
 
 def test_sigkill_never_leaves_a_partial_latest(tmp_path):
+    """Kill a saving process twice: early in its first save, then just after a few completed saves."""
     start = 0
-    for delay in (0.05, 0.4):  # one kill early in the first save, one later among saves and deletions
+    for saves_before_kill in (0, 3):
         proc = subprocess.Popen(
             [sys.executable, "-c", KILL_SCRIPT, str(tmp_path), str(start)], stdout=subprocess.PIPE, text=True
         )
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(delay)
+        for _ in range(saves_before_kill):
+            assert proc.stdout.readline().startswith("saved")
+        time.sleep(0.02)  # lands inside the next save (model shards, fsyncs, rename or pruning)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         latest = latest_checkpoint(tmp_path)
         if latest is None:
+            assert saves_before_kill == 0
             continue
         assert len(list((latest / "model").glob("shard-*.safetensors"))) == 20
         for shard in (latest / "model").glob("*.safetensors"):
             assert load_file(shard)["w"].shape == (256, 256)
         opt = torch.optim.AdamW(nn.Linear(256, 256).parameters())
         ckpt = load_checkpoint(latest, optimizer=opt, restore_rng=False)
+        assert ckpt.step >= start + saves_before_kill
         start = ckpt.step  # the next run resumes from here, re-saving over any partial successor
-    assert latest_checkpoint(tmp_path) is not None
 
 
 # --------------------------------------------------------------------------------------------- run directory
