@@ -1,0 +1,138 @@
+"""`r1kit generate` (one prompt, optionally JSON) and `r1kit chat` (interactive, streamed, reasoning dimmed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
+    p.add_argument("--model", required=True, help="preset, HF checkpoint directory or .gguf file")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="answer one prompt; reasoning shown apart from the answer",
+                       description="Generate a reply to one prompt with the model's chat template.")
+    _sampling_args(p, temperature=0.6)
+    p.add_argument("--prompt", required=True, help="the user message")
+    p.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--json", action="store_true", help='print {"text","reasoning","answer","finish_reason","tokens"}')
+    p.set_defaults(func=_generate)
+
+    c = sub.add_parser("chat", help="interactive multi-turn chat in the terminal",
+                       description="Chat with a model. Tokens stream as they come; reasoning is dimmed. "
+                                   "Ctrl-C stops the current reply; Ctrl-D or /exit quits; /reset clears history.")
+    _sampling_args(c, temperature=0.6)
+    c.set_defaults(func=_chat)
+
+
+def _load(args):
+    import torch
+
+    from r1kit import load_model, load_tokenizer
+    from r1kit.generation import SamplingParams
+
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                            top_k=args.top_k, min_p=args.min_p, seed=args.seed, stop=getattr(args, "stop", []))
+    model = load_model(args.model, dtype=getattr(torch, args.dtype)).eval()
+    return model, load_tokenizer(args.model), params
+
+
+def _messages(args, history: list[dict], user: str) -> list[dict]:
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    return system + history + [{"role": "user", "content": user}]
+
+
+def _generate(args) -> int:
+    from r1kit.generation import Engine
+
+    model, tok, params = _load(args)
+    prompt = args.prompt if args.raw else _messages(args, [], args.prompt)
+    engine = Engine(model, tok, max_batch_size=1)
+    c = engine.generate([prompt], params)[0]
+    if args.json:
+        print(json.dumps({"text": c.text, "reasoning": c.reasoning, "answer": c.answer,
+                          "finish_reason": c.finish_reason, "tokens": len(c.token_ids)}, ensure_ascii=False))
+    else:
+        if c.reasoning:
+            print(f"\033[2m{c.reasoning}\033[0m\n" if sys.stdout.isatty() else f"[reasoning]\n{c.reasoning}\n\n[answer]")
+        print(c.answer)
+    return 0
+
+
+class _ReasoningPrinter:
+    """Prints streamed text, dimming the part inside <think>...</think>."""
+
+    def __init__(self, prefilled: bool):
+        self.thinking, self.pending = prefilled, ""
+        if prefilled:
+            sys.stdout.write("\033[2m")
+
+    def feed(self, delta: str) -> None:
+        text = self.pending + delta
+        self.pending = ""
+        while text:
+            tag = "</think>" if self.thinking else "<think>"
+            i = text.find(tag)
+            if i == -1:
+                keep = next((k for k in range(len(tag) - 1, 0, -1) if text.endswith(tag[:k])), 0)
+                sys.stdout.write(text[: len(text) - keep])
+                self.pending = text[len(text) - keep:]
+                break
+            sys.stdout.write(text[:i])
+            self.thinking = not self.thinking
+            sys.stdout.write("\033[2m" if self.thinking else "\033[0m\n")
+            text = text[i + len(tag):]
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        sys.stdout.write(self.pending + "\033[0m\n")
+        sys.stdout.flush()
+
+
+def _chat(args) -> int:
+    from r1kit.generation import Engine
+
+    model, tok, params = _load(args)
+    engine = Engine(model, tok, max_batch_size=1)
+    history: list[dict] = []
+    print("r1kit chat — Ctrl-C stops a reply, Ctrl-D or /exit quits, /reset clears the history.")
+    while True:
+        try:
+            user = input("\n> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if user in ("/exit", "/quit"):
+            return 0
+        if user == "/reset":
+            history.clear()
+            continue
+        if not user:
+            continue
+        messages = _messages(args, history, user)
+        _, prefilled = engine.encode(messages)
+        printer = _ReasoningPrinter(prefilled)
+        stream = engine.stream(messages, params)
+        try:
+            for delta in stream:
+                printer.feed(delta)
+        except KeyboardInterrupt:
+            stream.close()  # aborts the request; the session goes on
+            printer.close()
+            print("[stopped]")
+            continue
+        printer.close()
+        # the template drops earlier turns' reasoning; keep only the answer in the history
+        history += [{"role": "user", "content": user},
+                    {"role": "assistant", "content": engine.last_completion.answer or engine.last_completion.text}]
