@@ -33,8 +33,9 @@ def extract_code(completion: str) -> str | None:
 
 def accuracy_reward(completion: str, answer: str | None = None, choices: list | None = None,
                     tests: list | str | None = None, entry_point: str | None = None,
-                    code_scoring: str = "fraction", timeout: float = 5.0, **_: object) -> float | None:
-    """1.0/0.0 correctness for math and multiple choice; for code the pass fraction ("fraction") or
+                    code_scoring: str = "fraction", timeout: float = 5.0, numbers: list | None = None,
+                    target: int | None = None, **_: object) -> float | None:
+    """1.0/0.0 correctness for math, countdown (`numbers`, `target`) and multiple choice; for code the pass fraction ("fraction") or
     all-or-nothing ("all"). None when the example has no usable gold.
     """
     if tests is not None:
@@ -45,6 +46,11 @@ def accuracy_reward(completion: str, answer: str | None = None, choices: list | 
         if report.total == 0:
             return None
         return float(report.all_passed) if code_scoring == "all" else report.pass_fraction
+    if numbers is not None and target is not None:  # countdown: any valid expression reaching the target
+        from r1kit.data import check_countdown
+
+        expr = extract_answer(completion)
+        return float(expr is not None and check_countdown(expr, numbers, target))
     if answer is None or not str(answer).strip():
         return None
     if choices is not None:

@@ -1,0 +1,362 @@
+"""GRPO: the reinforcement-learning recipe of DeepSeekMath / DeepSeek-R1, with verifiable rewards.
+
+Per step: draw questions; sample G completions each with r1kit's engine (which shares the policy's weights,
+so there is no weight sync and rollout/trainer log-probs come from one model); score them with rule-based
+rewards; group advantages (r - mean) / (std + eps); optimize the clipped surrogate with the k3 KL to a frozen
+reference (the reference is not even loaded when beta = 0). The math lives in `advantages.py` and `losses.py`;
+this file only orchestrates.
+
+Options: loss_type (grpo | bnpo | dr_grpo | dapo), clip-higher (epsilon_high), scale_rewards (group | batch |
+none), num_iterations (mu > 1 reuses a rollout with stored old log-probs), masking of truncated completions,
+DAPO dynamic sampling (drop zero-std groups, draw more questions), soft overlong punishment (the
+`soft_overlong` reward), truncated importance sampling against the engine's log-probs (tis_cap), gradient
+accumulation (micro_batch_size), bf16 autocast and activation checkpointing (run.dtype,
+run.gradient_checkpointing). MoE policies update their router bias after every optimizer step.
+
+Left out: a value model (GRPO has none), multi-process rollout workers (use the vLLM backend on GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from r1kit.errors import ConfigError
+from r1kit.training.loop import OptimConfig, RunConfig
+from r1kit.training.tasks import TaskData
+
+
+@dataclass
+class GRPOConfig:
+    model: str = "toy-moe"
+    tokenizer: str | None = None
+    ref_model: str | None = None  # default: the starting model
+    data: TaskData = field(default_factory=TaskData)
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/grpo"))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5))
+    # rollout
+    questions_per_step: int = 4
+    num_generations: int = 8
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # rewards: name -> weight (see r1kit.rewards.REWARDS)
+    rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.2})
+    # objective
+    loss_type: str = "grpo"
+    beta: float = 0.0
+    epsilon_low: float = 0.2
+    epsilon_high: float | None = None
+    scale_rewards: str = "group"
+    num_iterations: int = 1
+    mask_truncated: bool = False
+    dynamic_sampling: bool = False
+    max_resample_rounds: int = 3
+    tis_cap: float | None = None
+    micro_batch_size: int = 16
+    # evaluation and logging
+    eval_every: int = 0  # greedy held-out accuracy every N steps (and before the first step); 0 = off
+    eval_size: int = 100
+    samples_per_step: int = 2
+
+    def __post_init__(self):
+        from r1kit.rewards import REWARDS
+        from r1kit.training.losses import GRPOLossConfig
+
+        unknown = [r for r in self.rewards if r not in REWARDS]
+        if unknown:
+            raise ConfigError(f"rewards: unknown reward {unknown[0]!r} (known: {', '.join(sorted(REWARDS))})")
+        if self.num_generations < 2:
+            raise ConfigError("num_generations must be >= 2: GRPO compares completions within a group")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ConfigError(f"scale_rewards must be group|batch|none, got {self.scale_rewards!r}")
+        for name in ("questions_per_step", "max_new_tokens", "num_iterations", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0 for GRPO rollouts")
+        self.loss_config()  # validates loss_type, epsilons, beta
+
+    def loss_config(self):
+        from r1kit.training.losses import GRPOLossConfig
+
+        return GRPOLossConfig(loss_type=self.loss_type, epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high,
+                              beta=self.beta, max_completion_length=self.max_new_tokens, tis_cap=self.tis_cap)
+
+
+# ---- rollout ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Rollout:
+    examples: list[dict]  # one per completion (question repeated G times)
+    prompt_ids: list[list[int]]
+    completions: list  # r1kit.generation.Completion
+    rewards: torch.Tensor  # [B*G]
+    per_reward: dict[str, list[float | None]]
+    seconds: float
+
+
+def draw_questions(train: list[dict], step: int, seed: int, n: int, round_: int = 0) -> list[dict]:
+    """The questions of a step: a pure function of (seed, step, round), so a resumed run draws the same."""
+    rng = random.Random(f"{seed}/{step}/{round_}")
+    return rng.sample(train, min(n, len(train)))
+
+
+def rollout(engine, questions: list[dict], cfg: GRPOConfig, step: int, round_: int = 0) -> Rollout:
+    from r1kit.generation import SamplingParams
+    from r1kit.training.tasks import example_messages, score_completion
+
+    G = cfg.num_generations
+    examples = [ex for ex in questions for _ in range(G)]
+    encoded = [engine.encode(example_messages(ex, cfg.data)) for ex in questions]
+    prompt_ids = [ids for ids, _ in encoded for _ in range(G)]
+    base = (cfg.run.seed * 1_000_003 + step * 101 + round_) * 65_536
+    params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                             seed=base + i) for i in range(len(examples))]
+    t0 = time.perf_counter()
+    completions = engine.generate(prompt_ids, params)
+    seconds = time.perf_counter() - t0
+    totals, per_reward = [], {name: [] for name in cfg.rewards}
+    for (ids, prefilled), c, ex in zip([e for e in encoded for _ in range(G)], completions, examples):
+        total, parts = score_completion(c.text, ex, cfg.rewards, prefilled_think=prefilled,
+                                        completion_tokens=len(c.token_ids), max_tokens=cfg.max_new_tokens)
+        totals.append(total)
+        for name, value in parts.items():
+            per_reward[name].append(value)
+    return Rollout(examples, prompt_ids, completions, torch.tensor(totals), per_reward, seconds)
+
+
+def concat_rollouts(parts: list[Rollout]) -> Rollout:
+    per = {k: sum((p.per_reward[k] for p in parts), []) for k in parts[0].per_reward}
+    return Rollout(sum((p.examples for p in parts), []), sum((p.prompt_ids for p in parts), []),
+                   sum((p.completions for p in parts), []), torch.cat([p.rewards for p in parts]), per,
+                   sum(p.seconds for p in parts))
+
+
+def select_groups(r: Rollout, keep: list[int], G: int) -> Rollout:
+    idx = [g * G + i for g in keep for i in range(G)]
+    return Rollout([r.examples[i] for i in idx], [r.prompt_ids[i] for i in idx], [r.completions[i] for i in idx],
+                   r.rewards[idx], {k: [v[i] for i in idx] for k, v in r.per_reward.items()}, r.seconds)
+
+
+def collect(engine, train: list[dict], cfg: GRPOConfig, step: int) -> tuple[Rollout, float]:
+    """One step's rollout; with dynamic sampling, zero-std groups are dropped and more questions drawn."""
+    from r1kit.training.advantages import keep_informative_groups
+
+    G, Q = cfg.num_generations, cfg.questions_per_step
+    first = rollout(engine, draw_questions(train, step, cfg.run.seed, Q), cfg, step)
+    informative = keep_informative_groups(first.rewards, G)
+    frac_zero_std = 1.0 - informative.float().mean().item()
+    if not cfg.dynamic_sampling:
+        return first, frac_zero_std
+    kept, parts = [], []
+    for round_ in range(cfg.max_resample_rounds + 1):
+        r = first if round_ == 0 else rollout(engine, draw_questions(train, step, cfg.run.seed, Q, round_), cfg,
+                                              step, round_)
+        mask = informative if round_ == 0 else keep_informative_groups(r.rewards, G)
+        groups = [g for g in range(len(mask)) if mask[g]][: Q - sum(len(k) for k in kept)]
+        if groups:
+            kept.append(groups)
+            parts.append(r)
+        if sum(len(k) for k in kept) >= Q:
+            break
+    if not parts:  # every group was uninformative: train on the first draw (only KL acts)
+        return first, frac_zero_std
+    return concat_rollouts([select_groups(p, k, G) for p, k in zip(parts, kept)]), frac_zero_std
+
+
+# ---- the policy update -----------------------------------------------------------------------------------
+
+def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int):
+    """Left-pad prompts to P, right-pad completions to C: ids/attention (B, P+C), completion mask (B, C)."""
+    P, C = max(map(len, prompt_ids)), max(1, max(map(len, completion_ids)))
+    B = len(prompt_ids)
+    ids = torch.full((B, P + C), pad_id, dtype=torch.long)
+    attn = torch.zeros(B, P + C, dtype=torch.long)
+    cmask = torch.zeros(B, C)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        ids[i, P - len(p):P] = torch.tensor(p)
+        ids[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
+        attn[i, P - len(p):P + len(c)] = 1
+        cmask[i, : len(c)] = 1
+    return ids, attn, cmask, P
+
+
+def completion_logps(model, ids: torch.Tensor, attn: torch.Tensor, P: int, temperature: float,
+                     with_entropy: bool = False):
+    """Per-token log-probs (B, C) of the completion tokens under softmax(logits / T); optional entropy."""
+    from r1kit.training.losses import entropy_from_logits, selective_log_softmax
+
+    h = model.hidden(ids, attention_mask=attn)  # (B, P+C, d)
+    logits = model.lm_head(h[:, P - 1:-1]).float() / temperature  # (B, C, V): only completion positions
+    logps = selective_log_softmax(logits, ids[:, P:])
+    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
+    return logps, entropy
+
+
+@torch.no_grad()
+def frozen_logps(model, ids, attn, P, temperature, micro: int) -> torch.Tensor:
+    return torch.cat([completion_logps(model, ids[s], attn[s], P, temperature)[0]
+                      for s in _slices(len(ids), micro)])
+
+
+def _slices(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def policy_update(run, cfg: GRPOConfig, r: Rollout, ref_model, loss_cfg) -> dict:
+    """num_iterations optimizer steps on one rollout; returns averaged metrics."""
+    from r1kit.training.advantages import group_advantages
+    from r1kit.training.loop import autocast
+    from r1kit.training.losses import grpo_loss
+    from r1kit.training.optim import clip_grad_norm
+
+    model = run.model
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    ids, attn, cmask, P = pack(r.prompt_ids, [c.token_ids for c in r.completions], pad)
+    if cfg.mask_truncated:
+        cmask[[i for i, c in enumerate(r.completions) if c.finish_reason == "length"]] = 0
+    rollout_logps = torch.zeros_like(cmask)
+    for i, c in enumerate(r.completions):
+        rollout_logps[i, : len(c.logprobs)] = torch.tensor(c.logprobs)
+    adv = group_advantages(r.rewards, cfg.num_generations, cfg.scale_rewards)
+    slices = _slices(len(ids), cfg.micro_batch_size)
+    with autocast(cfg.run):
+        ref = frozen_logps(ref_model, ids, attn, P, cfg.temperature, cfg.micro_batch_size) if ref_model else None
+        old = (frozen_logps(model, ids, attn, P, cfg.temperature, cfg.micro_batch_size)
+               if cfg.num_iterations > 1 else None)
+    tokens = cmask.sum()
+    sums: dict[str, float] = {}
+    diff_max, entropy_sum = 0.0, 0.0
+    for it in range(cfg.num_iterations):
+        for s in slices:
+            with autocast(cfg.run):
+                logps, entropy = completion_logps(model, ids[s], attn[s], P, cfg.temperature, with_entropy=it == 0)
+                loss, m = grpo_loss(logps, adv[s], cmask[s], loss_cfg, old_logps=None if old is None else old[s],
+                                    ref_logps=None if ref is None else ref[s], rollout_logps=rollout_logps[s],
+                                    grad_accum_steps=len(slices), num_accum_tokens=tokens)
+                aux = model.aux_loss()
+                if aux is not None:
+                    loss = loss + aux / len(slices)
+            loss.backward()
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + v / (len(slices) * cfg.num_iterations)
+            if it == 0:
+                valid = cmask[s].bool()
+                if valid.any():
+                    diff_max = max(diff_max, (logps.detach() - rollout_logps[s])[valid].abs().max().item())
+                    entropy_sum += entropy[valid].sum().item()
+        sums["grad_norm"] = clip_grad_norm(model.parameters(), cfg.optim.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        load = model.update_router_biases()
+        if load is not None:
+            sums["expert_load_max"] = (load.max(dim=1).values * load.shape[1]).mean().item()  # 1.0 = balanced
+    sums["logprob_diff_max"] = diff_max
+    sums["entropy"] = entropy_sum / max(tokens.item(), 1)
+    return sums
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------------
+
+def greedy_accuracy(engine, examples: list[dict], data: TaskData, max_new_tokens: int) -> float:
+    from r1kit.generation import SamplingParams
+    from r1kit.training.tasks import example_messages, is_correct
+
+    outs = engine.generate([example_messages(ex, data) for ex in examples],
+                           SamplingParams(max_new_tokens=max_new_tokens, temperature=0))
+    return sum(is_correct(c.text, ex) for c, ex in zip(outs, examples)) / max(len(examples), 1)
+
+
+# ---- the recipe ----------------------------------------------------------------------------------------------
+
+def train(cfg: GRPOConfig) -> dict:
+    from r1kit.generation import Engine
+    from r1kit.models.checkpoint import load_model
+    from r1kit.training.loop import finish_run, save_step, start_run
+    from r1kit.training.metrics import MetricsLogger
+    from r1kit.training.tasks import load_examples
+
+    train_set = load_examples(cfg.data, "train", cfg.run.seed)
+    eval_set = load_examples(cfg.data, "test", cfg.run.seed)[: cfg.eval_size] if cfg.eval_every else []
+    run = start_run(cfg, cfg.run, cfg.optim, cfg.model, cfg.tokenizer)
+    ref_model = None
+    if cfg.beta > 0:  # frozen reference, only when the KL term is on
+        ref_model = load_model(cfg.ref_model, seed=cfg.run.seed) if cfg.ref_model else \
+            load_model(cfg.model, seed=cfg.run.seed)
+        ref_model.eval().requires_grad_(False)
+    batch = cfg.questions_per_step * cfg.num_generations
+    prompt_room = max(len(run.tokenizer(ex["question"]).input_ids) for ex in train_set[:200]) + 96
+    engine = Engine(run.model, run.tokenizer, max_batch_size=batch,
+                    max_seq_len=min(run.model.config.max_seq_len, prompt_room + cfg.max_new_tokens + 1))
+    loss_cfg = cfg.loss_config()
+    last: dict = {}
+    with MetricsLogger(run.dir, total_steps=cfg.run.steps, start_step=run.start_step,
+                       show=("reward", "accuracy", "completion_len"), progress=cfg.run.progress,
+                       desc="grpo") as log:
+        if cfg.eval_every and run.start_step == 0:
+            log.log(0, {"eval_accuracy": greedy_accuracy(engine, eval_set, cfg.data, cfg.max_new_tokens)})
+        for step in range(run.start_step + 1, cfg.run.steps + 1):
+            t0 = time.perf_counter()
+            r, frac_zero_std = collect(engine, train_set, cfg, step)
+            metrics = policy_update(run, cfg, r, ref_model, loss_cfg)
+            lengths = torch.tensor([len(c.token_ids) for c in r.completions], dtype=torch.float)
+            record = {
+                "reward": r.rewards.mean().item(), "reward_std": r.rewards.std().item(),
+                **{f"reward/{k}": _mean(v) for k, v in r.per_reward.items()},
+                "accuracy": _mean(r.per_reward.get("accuracy", [])),
+                "frac_zero_std": frac_zero_std,
+                "completion_len": lengths.mean().item(), "completion_len_max": lengths.max().item(),
+                "truncated": sum(c.finish_reason == "length" for c in r.completions) / len(r.completions),
+                **metrics,
+                "lr": run.scheduler.get_last_lr()[0],
+                "rollout_tok_s": lengths.sum().item() / max(r.seconds, 1e-9),
+                "step_s": time.perf_counter() - t0,
+            }
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                record["eval_accuracy"] = greedy_accuracy(engine, eval_set, cfg.data, cfg.max_new_tokens)
+            last = log.log(step, record)
+            log.log_samples(step, [{"question": ex["question"], "gold": ex.get("answer"), "completion": c.text,
+                                    "reward": rw} for ex, c, rw in
+                                   list(zip(r.examples, r.completions, r.rewards.tolist()))[: cfg.samples_per_step]])
+            if step % cfg.run.save_every == 0 or step == cfg.run.steps:
+                save_step(run, step, cfg.run)
+    finish_run(run, ["reward", "accuracy", "eval_accuracy", "completion_len", "kl", "entropy", "frac_zero_std",
+                     "expert_load_max"])
+    return last
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("grpo", help="GRPO reinforcement learning with verifiable rewards",
+                       description="Run GRPO from a YAML config; re-running the same command resumes from the "
+                                   "last checkpoint in run.output_dir.")
+    p.add_argument("--config", help="YAML config (fields of GRPOConfig)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set beta=0.04 --set optim.lr=1e-5")
+    p.add_argument("--json", action="store_true", help="print the last step's metrics as JSON")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    import json
+
+    from r1kit.config import load_config
+
+    cfg = load_config(GRPOConfig, args.config, args.overrides)
+    last = train(cfg)
+    print(json.dumps(last) if args.json else f"done: {cfg.run.output_dir} (final model in {cfg.run.output_dir}/final)")
+    return 0
+
+
+__all__ = ["GRPOConfig", "train", "rollout", "policy_update", "pack", "completion_logps"]

@@ -1,0 +1,67 @@
+"""Task examples for training loops: where questions come from, how they become prompts, how replies score.
+
+Shared by GRPO, rejection sampling, SFT data building and the pipeline, so a task is prompted and graded the
+same way everywhere. Questions come from r1kit's synthetic generators (`tasks`) or from a task dataset file
+(`dataset`, loaded by `r1kit.data.load_task_dataset`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from r1kit.errors import ConfigError
+
+
+@dataclass
+class TaskData:
+    tasks: list[str] = field(default_factory=lambda: ["addition"])  # synthetic task names
+    level: int = 2
+    dataset: str | None = None  # a task dataset (JSONL/Parquet/CSV/hf:id) instead of synthetic tasks
+    num_train: int = 2000
+    num_test: int = 200
+    prompt_template: str = "{question}"
+    system_prompt: str | None = None
+
+    def __post_init__(self):
+        from r1kit.data import TASKS
+
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown and self.dataset is None:
+            raise ConfigError(f"data.tasks: unknown task {unknown[0]!r} (known: {', '.join(sorted(TASKS))})")
+        if "{question}" not in self.prompt_template:
+            raise ConfigError("data.prompt_template must contain {question}")
+
+
+def load_examples(data: TaskData, split: str, seed: int) -> list[dict]:
+    """Train or test examples; synthetic tasks are interleaved so every batch mixes them."""
+    if data.dataset:
+        from r1kit.data import load_task_dataset
+
+        rows = load_task_dataset(data.dataset, on_error="skip")
+        cut = max(1, len(rows) - data.num_test)
+        return rows[:cut] if split == "train" else rows[cut:]
+    from r1kit.data import make_task_set
+
+    n = data.num_train if split == "train" else data.num_test
+    per_task = [make_task_set(t, -(-n // len(data.tasks)), seed=seed, level=data.level, split=split, unique=False)
+                for t in data.tasks]
+    mixed = [ex for group in zip(*per_task) for ex in group]
+    return mixed[:n]
+
+
+def example_messages(example: dict, data: TaskData) -> list[dict]:
+    system = [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
+    return system + [{"role": "user", "content": data.prompt_template.format(question=example["question"])}]
+
+
+def score_completion(text: str, example: dict, weights: dict[str, float], **facts) -> tuple[float, dict]:
+    """Weighted reward of one reply and the per-function values (None = could not judge)."""
+    from r1kit.rewards import combine_rewards
+
+    return combine_rewards(text, {**example, **facts}, weights)
+
+
+def is_correct(text: str, example: dict) -> bool:
+    from r1kit.rewards import get_reward
+
+    return (get_reward("accuracy")(text, **example) or 0.0) >= 1.0
