@@ -1,0 +1,166 @@
+"""The OpenAI wire format: request schemas, error bodies, response and stream-chunk builders.
+
+Requests are validated by pydantic; a field out of range becomes a 400 naming the field. Fields the OpenAI API
+has but r1kit does not implement (logprobs, tools, penalties, ...) are rejected when set to anything but their
+neutral value, so a client never silently gets something other than what it asked for; other unknown fields
+are ignored, as OpenAI-compatible servers commonly do. `top_k` and `min_p` are accepted as extensions (vLLM).
+
+Left out: tool calls, logprobs, structured output, `echo`/`best_of`/`suffix` on /v1/completions, token-id prompts.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from r1kit.generation import Completion, SamplingParams
+
+# fields rejected unless absent or neutral; the value is what counts as neutral besides None/False/0/empty
+UNSUPPORTED = {"logprobs": None, "top_logprobs": None, "tools": None, "tool_choice": "none", "functions": None,
+               "function_call": "none", "logit_bias": None, "presence_penalty": None, "frequency_penalty": None,
+               "response_format": {"type": "text"}, "echo": None, "best_of": 1, "suffix": None}
+
+
+class ApiError(Exception):
+    """An error answered with an OpenAI-style body: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+# ---- requests -----------------------------------------------------------------------------------------------------
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _GenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)  # None: 1.0, the OpenAI default
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, lt=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=64)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def check_supported(self) -> None:
+        for name, value in (self.model_extra or {}).items():
+            neutral = UNSUPPORTED.get(name, ...)
+            if neutral is not ... and value not in (None, False, 0, "", [], {}, neutral):
+                raise ApiError(400, f"'{name}' is not supported by this server", param=name,
+                               code="unsupported_parameter")
+
+    def sampling_params(self, choice: int, default_max_tokens: int) -> SamplingParams:
+        """Engine parameters of choice number `choice`; a given seed becomes seed + choice, so choices differ."""
+        return SamplingParams(
+            max_new_tokens=self._max_tokens() or default_max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0, min_p=self.min_p or 0.0,
+            seed=None if self.seed is None else self.seed + choice, stop=self.stop or [])
+
+    def _max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # e.g. `reasoning_content` sent back on assistant turns: dropped
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+    def _max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: str | list[str]
+
+    def prompts(self) -> list[str]:
+        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+        if not prompts or not all(prompts):
+            raise ApiError(400, "prompt must be a non-empty string or a list of non-empty strings", param="prompt")
+        return prompts
+
+
+# ---- responses ----------------------------------------------------------------------------------------------------
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completions: list[Completion]) -> dict:
+    completion_tokens = sum(len(c.token_ids) for c in completions)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chat_message(c: Completion) -> dict:
+    """The assistant message: the answer as `content`, the think block as `reasoning_content` (None if none)."""
+    return {"role": "assistant", "content": c.answer, "reasoning_content": c.reasoning or None}
+
+
+def chat_response(rid: str, model: str, completions: list[Completion], prompt_tokens: int) -> dict:
+    choices = [{"index": i, "message": chat_message(c), "finish_reason": c.finish_reason, "logprobs": None}
+               for i, c in enumerate(completions)]
+    return {"id": rid, "object": "chat.completion", "created": now(), "model": model, "choices": choices,
+            "usage": usage(prompt_tokens, completions)}
+
+
+def text_response(rid: str, model: str, completions: list[Completion], prompt_tokens: int) -> dict:
+    choices = [{"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+               for i, c in enumerate(completions)]
+    return {"id": rid, "object": "text_completion", "created": now(), "model": model, "choices": choices,
+            "usage": usage(prompt_tokens, completions)}
+
+
+def chat_chunk(rid: str, model: str, index: int, delta: dict, finish_reason: str | None = None) -> dict:
+    return {"id": rid, "object": "chat.completion.chunk", "created": now(), "model": model,
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
+
+
+def text_chunk(rid: str, model: str, index: int, text: str, finish_reason: str | None = None) -> dict:
+    return {"id": rid, "object": "text_completion", "created": now(), "model": model,
+            "choices": [{"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}]}
+
+
+def usage_chunk(rid: str, model: str, obj: str, prompt_tokens: int, completions: list[Completion]) -> dict:
+    """The last chunk when stream_options.include_usage is set: no choices, the request's usage."""
+    return {"id": rid, "object": obj, "created": now(), "model": model, "choices": [],
+            "usage": usage(prompt_tokens, completions)}
