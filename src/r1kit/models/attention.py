@@ -29,9 +29,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused kernel
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.type_as(x)
+        return self.weight * xf.type_as(x)  # normalize in fp32, scale in the model dtype (as HF does)
 
 
 @dataclass
@@ -114,9 +116,12 @@ class MLA(nn.Module):
         k_nope, v = self.kv_b_proj(kv).view(B, T, H, -1).split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
         q = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)  # (B, H, T, dn + dr)
         k = torch.cat([k_nope, k_pe.unsqueeze(2).expand(B, T, H, -1)], dim=-1).transpose(1, 2)
+        # Fused (flash) SDPA kernels need equal q/k and v head sizes: zero-pad v, slice the output back.
+        pad = q.shape[-1] - self.v_head_dim
+        v = F.pad(v, (0, pad)) if pad > 0 else v
         out = F.scaled_dot_product_attention(
             q, k, v.transpose(1, 2), attn_mask=ctx.mask, is_causal=ctx.mask is None, scale=self.softmax_scale)
-        return out.transpose(1, 2)  # (B, T, H, dv)
+        return out.transpose(1, 2)[..., : self.v_head_dim]  # (B, T, H, dv)
 
     def _absorbed(self, q_nope, q_pe, kv, k_pe, ctx: AttentionContext) -> torch.Tensor:
         kv_all = _write_and_read(self.cache_kv, kv, ctx)  # (B, S, c)

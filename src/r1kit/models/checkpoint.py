@@ -27,7 +27,6 @@ from safetensors.torch import save_file
 
 from r1kit.errors import CheckpointError, ConfigError
 from r1kit.models.config import PRESETS, ModelConfig, get_preset, load_hf_config, to_hf_config
-from r1kit.models.moe import Experts, Gate
 from r1kit.models.rope import rope_tables
 from r1kit.models.transformer import Transformer
 
@@ -271,11 +270,4 @@ def save_model(model: Transformer, directory: str | os.PathLike, tokenizer=None)
     return directory
 
 
-def keep_router_bias_fp32(model: torch.nn.Module) -> None:
-    """Cast the router biases back to fp32 after a `model.to(dtype)` (they steer selection with tiny steps)."""
-    for m in model.modules():
-        if isinstance(m, Gate):
-            m.e_score_correction_bias = m.e_score_correction_bias.float()
-
-
-__all__ = ["load_model", "save_model", "build_model", "hf_state_dict", "Experts", "keep_router_bias_fp32"]
+__all__ = ["load_model", "save_model", "build_model", "hf_state_dict", "smollm2_gguf_path"]

@@ -44,6 +44,13 @@ class Gate(nn.Module):
         self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.dim))
         self.register_buffer("e_score_correction_bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
 
+    def _apply(self, fn, recurse=True):
+        """Keep the selection bias fp32 through `model.to(dtype)`: its updates are tiny steps."""
+        bias = self.e_score_correction_bias
+        super()._apply(fn, recurse)
+        self.e_score_correction_bias = bias.to(self.e_score_correction_bias.device)
+        return self
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (N, d). Returns mixing weights (N, k) fp32, expert ids (N, k), affinities s (N, E) fp32."""
         logits = F.linear(x.float(), self.weight.float())  # routing in fp32, as the reference does
