@@ -70,8 +70,23 @@ def cosine_reward(completion: str, completion_tokens: int | None = None, max_tok
     return cosine_scaled(acc >= 1.0, int(completion_tokens), int(max_tokens))
 
 
+def last_number_reward(completion: str, answer: str | None = None, **_: object) -> float | None:
+    """1.0 when the last number of the answer part equals the gold number (GSM8K-style "flexible" grading).
+
+    For small chat models that answer in prose ("23 + 58 = 81") without a marked final answer. Looser than
+    `accuracy`: use it only where the prompt cannot make the model mark its answer."""
+    if answer is None or not str(answer).strip():
+        return None
+    _, reply = split_reasoning(completion)
+    numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", reply or "")
+    if not numbers:
+        return 0.0
+    return float(math_equal(numbers[-1].replace(",", ""), str(answer)))
+
+
 REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy_reward,
+    "last_number": last_number_reward,
     "format": format_reward,
     "language": language_reward,
     "soft_overlong": soft_overlong_reward,

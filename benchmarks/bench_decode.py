@@ -1,0 +1,81 @@
+"""Decode tokens/s: r1kit's engine vs transformers `generate` on SmolLM2-135M (GGUF), same run, same settings.
+
+Greedy, `--new-tokens` tokens per sequence (EOS ignored by both so lengths match), batch 1 and batch 16 of
+the same chat prompts, fp32 CPU. Also prints r1kit's batch-1 decode against the memory-bandwidth bound
+(weight bytes read per token / measured copy bandwidth).
+
+    .venv/bin/python benchmarks/bench_decode.py [--new-tokens 128] [--batches 1 16] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import transformers
+
+import r1kit
+from r1kit.generation import Engine, SamplingParams
+from r1kit.models.checkpoint import smollm2_gguf_path
+
+QUESTIONS = ["What is 17 + 25?", "Name three colors.", "Write a haiku about the sea.", "Why is the sky blue?"]
+
+
+def copy_bandwidth(nbytes: int = 512 * 1024**2) -> float:
+    src = torch.empty(nbytes // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        dst.copy_(src)
+    return 2 * nbytes * 5 / (time.perf_counter() - t0)  # read + write bytes per second
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    path = smollm2_gguf_path()
+    tok = r1kit.load_tokenizer(path)
+    ours = r1kit.load_model(path).eval()
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                            dtype=torch.float32).eval()
+    n = args.new_tokens
+    print(f"SmolLM2-135M fp32, greedy, {n} new tokens, {torch.get_num_threads()} threads")
+    for batch in args.batches:
+        prompts = [tok.apply_chat_template([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                                           tokenize=False, add_generation_prompt=True) for i in range(batch)]
+        ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+        engine = Engine(ours, tok, max_batch_size=batch, max_seq_len=max(map(len, ids)) + n + 1)
+        params = SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True)
+        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+
+        def run_ours():
+            return engine.generate(ids, params)
+
+        def run_ref():
+            with torch.inference_mode():
+                return ref.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                    pad_token_id=tok.pad_token_id or 0)
+
+        rates = {"r1kit": [], "transformers": []}
+        for _ in range(args.repeats):
+            for name, fn in (("r1kit", run_ours), ("transformers", run_ref)):
+                t0 = time.perf_counter()
+                fn()
+                rates[name].append(batch * n / (time.perf_counter() - t0))
+        best = {k: max(v) for k, v in rates.items()}
+        print(f"batch {batch:>2}: r1kit {best['r1kit']:.1f} tok/s, transformers {best['transformers']:.1f} tok/s, "
+              f"ratio {best['r1kit'] / best['transformers']:.2f}")
+        if batch == 1:
+            weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
+            bound = copy_bandwidth() / weight_bytes
+            print(f"batch  1: memory-bandwidth bound {bound:.1f} tok/s ({weight_bytes / 1e6:.0f} MB of weights per "
+                  f"token); r1kit reaches {100 * best['r1kit'] / bound:.0f}% of it")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""GRPO seconds per step: r1kit vs TRL's GRPOTrainer on SmolLM2-135M-Instruct, same settings, one run.
+
+Settings shared by both (the issue's): 2 questions x G=8 completions per step, max 128 new tokens,
+temperature 1.0, beta 0.04 (so both keep a reference model), lr 1e-6, fp32 on the CPU, the same prompts
+(two-digit additions asked plainly) and the same reward (`last_number`: the last number of the reply equals
+the sum). Prints each system's seconds per step (median over the timed steps), its mean reward, and the ratio.
+
+    .venv/bin/python benchmarks/bench_grpo.py [--steps 3] [--skip-trl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+PROMPT = "{question} Reply with the sum."  # the question is "What is 23+58?"
+
+
+def questions(n: int, seed: int) -> list[dict]:
+    from r1kit.data import make_task_set
+
+    return make_task_set("addition", n, seed=seed, level=2, split="train")
+
+
+def run_r1kit(steps: int, out: Path) -> tuple[list[float], list[float]]:
+    from r1kit.config import load_config
+    from r1kit.training.grpo import GRPOConfig, train
+    from r1kit.training.metrics import read_metrics
+
+    cfg = load_config(GRPOConfig, overrides={
+        "model": "smollm2-135m", "questions_per_step": 2, "num_generations": 8, "max_new_tokens": 128,
+        "temperature": 1.0, "beta": 0.04, "rewards": {"last_number": 1.0}, "micro_batch_size": 16,
+        "data": {"tasks": ["addition"], "level": 2, "num_train": 200,
+                 "prompt_template": PROMPT},
+        "optim": {"lr": 1e-6}, "run": {"output_dir": str(out), "steps": steps, "save_every": 10_000},
+    })
+    train(cfg)
+    records = [r for r in read_metrics(out) if "step_s" in r]
+    return [r["step_s"] for r in records], [r["reward"] for r in records]
+
+
+def run_trl(steps: int, out: Path) -> tuple[list[float], list[float]]:
+    import transformers
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r1kit.models.checkpoint import smollm2_gguf_path
+    from r1kit.rewards import get_reward
+
+    path = smollm2_gguf_path()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                              dtype=torch.float32)
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    rows = questions(200, seed=0)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": PROMPT.format(**r)}], "answer": r["answer"]}
+                              for r in rows])
+    last_number = get_reward("last_number")
+
+    def reward(completions, answer, **_):
+        return [last_number(c[0]["content"] if isinstance(c, list) else c, answer=a)
+                for c, a in zip(completions, answer)]
+
+    times, rewards = [], []
+
+    class Timer(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "reward" in logs:
+                rewards.append(logs["reward"])
+
+    args = GRPOConfig(output_dir=str(out), per_device_train_batch_size=16, num_generations=8,
+                      max_completion_length=128, temperature=1.0, beta=0.04, learning_rate=1e-6, max_steps=steps,
+                      logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
+                      gradient_accumulation_steps=1, seed=0)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=tok,
+                          callbacks=[Timer()])
+    trainer.train()
+    return times, rewards
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--skip-trl", action="store_true")
+    args = ap.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as d:
+        results["r1kit"] = run_r1kit(args.steps, Path(d) / "r1kit")
+        if not args.skip_trl:
+            results["trl"] = run_trl(args.steps, Path(d) / "trl")
+    print(f"GRPO on SmolLM2-135M: 2 questions x G=8, 128 new tokens, beta 0.04, fp32, {torch.get_num_threads()} "
+          f"threads, {args.steps} steps")
+    med = {}
+    for name, (times, rewards) in results.items():
+        med[name] = statistics.median(times)
+        print(f"{name:>6}: {med[name]:.1f} s/step (steps: {', '.join(f'{t:.1f}' for t in times)}), "
+              f"mean reward {sum(rewards) / max(len(rewards), 1):.3f}")
+    if "trl" in med:
+        print(f"ratio trl/r1kit seconds per step: {med['trl'] / med['r1kit']:.2f}")
+    print(json.dumps({k: {"s_per_step": v} for k, v in med.items()}))
+
+
+if __name__ == "__main__":
+    main()
