@@ -28,13 +28,21 @@ def questions(n: int, seed: int) -> list[dict]:
     return make_task_set("addition", n, seed=seed, level=2, split="train")
 
 
-def run_r1kit(steps: int, out: Path) -> tuple[list[float], list[float]]:
+def export_smollm2(directory: Path) -> Path:
+    """One HF checkpoint both trainers load (transformers refuses to train its GGUF-quantized load)."""
+    import r1kit
+
+    r1kit.save_model(r1kit.load_model("smollm2-135m"), directory, tokenizer=r1kit.load_tokenizer("smollm2-135m"))
+    return directory
+
+
+def run_r1kit(model_dir: Path, steps: int, out: Path) -> tuple[list[float], list[float]]:
     from r1kit.config import load_config
     from r1kit.training.grpo import GRPOConfig, train
     from r1kit.training.metrics import read_metrics
 
     cfg = load_config(GRPOConfig, overrides={
-        "model": "smollm2-135m", "questions_per_step": 2, "num_generations": 8, "max_new_tokens": 128,
+        "model": str(model_dir), "questions_per_step": 2, "num_generations": 8, "max_new_tokens": 128,
         "temperature": 1.0, "beta": 0.04, "rewards": {"last_number": 1.0}, "micro_batch_size": 16,
         "data": {"tasks": ["addition"], "level": 2, "num_train": 200,
                  "prompt_template": PROMPT},
@@ -45,18 +53,15 @@ def run_r1kit(steps: int, out: Path) -> tuple[list[float], list[float]]:
     return [r["step_s"] for r in records], [r["reward"] for r in records]
 
 
-def run_trl(steps: int, out: Path) -> tuple[list[float], list[float]]:
+def run_trl(model_dir: Path, steps: int, out: Path) -> tuple[list[float], list[float]]:
     import transformers
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from r1kit.models.checkpoint import smollm2_gguf_path
     from r1kit.rewards import get_reward
 
-    path = smollm2_gguf_path()
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                              dtype=torch.float32)
-    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
     rows = questions(200, seed=0)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": PROMPT.format(**r)}], "answer": r["answer"]}
                               for r in rows])
@@ -96,9 +101,10 @@ def main() -> None:
     args = ap.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as d:
-        results["r1kit"] = run_r1kit(args.steps, Path(d) / "r1kit")
+        model_dir = export_smollm2(Path(d) / "smollm2")
+        results["r1kit"] = run_r1kit(model_dir, args.steps, Path(d) / "r1kit")
         if not args.skip_trl:
-            results["trl"] = run_trl(args.steps, Path(d) / "trl")
+            results["trl"] = run_trl(model_dir, args.steps, Path(d) / "trl")
     print(f"GRPO on SmolLM2-135M: 2 questions x G=8, 128 new tokens, beta 0.04, fp32, {torch.get_num_threads()} "
           f"threads, {args.steps} steps")
     med = {}

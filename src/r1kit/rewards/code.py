@@ -60,7 +60,9 @@ def _nproc(limits: Limits) -> int:
 
 
 def _request(mode: str, code: str, limits: Limits, **extra) -> dict:
-    return {"mode": mode, "code": code, "timeout": limits.timeout, "cpu_s": limits.timeout,
+    # The CPU limit is a backstop one second past the wall-clock limit: a busy loop on an idle machine would
+    # otherwise die of SIGXCPU (read as a crash) just before the parent's deadline reports time_limit.
+    return {"mode": mode, "code": code, "timeout": limits.timeout, "cpu_s": limits.timeout + 1.0,
             "memory_mb": limits.memory_mb, "file_bytes": limits.file_bytes,
             "output_bytes": limits.output_bytes, "nproc": _nproc(limits), **extra}
 

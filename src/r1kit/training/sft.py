@@ -59,6 +59,13 @@ class CorpusData:
     num_docs: int = 20000  # synthetic corpus size when no file is given
     tasks: list[str] | None = None  # synthetic corpus tasks (None: all)
     levels: list[int] = field(default_factory=lambda: [1, 2])
+    # share of synthetic documents rendered as chat turns with worked <think> reasoning through the tokenizer's
+    # template, so a base model has seen the response format (as DeepSeek-V3-Base had seen reasoning text)
+    chat_fraction: float = 0.0
+
+    def __post_init__(self):
+        if not 0 <= self.chat_fraction <= 1:
+            raise ConfigError(f"data.chat_fraction must be in [0, 1], got {self.chat_fraction}")
 
 
 @dataclass
@@ -126,7 +133,16 @@ def corpus_samples(data: CorpusData, tokenizer, seed: int) -> list[Sample]:
     if data.file is None:
         from r1kit.data import synthetic_corpus
 
-        docs = synthetic_corpus(data.num_docs, seed=seed, tasks=data.tasks, level=data.levels)
+        n_chat = int(data.num_docs * data.chat_fraction)
+        docs = synthetic_corpus(data.num_docs - n_chat, seed=seed, tasks=data.tasks, level=data.levels)
+        if n_chat:
+            from r1kit.data import TASKS
+
+            tasks = TaskData(tasks=data.tasks or sorted(TASKS), level=max(data.levels), num_train=n_chat)
+            for row in cold_start_rows(tasks, seed + 1):  # text_sample adds BOS/EOS itself
+                text = tokenizer.apply_chat_template(row["messages"], tokenize=False)
+                text = text.removeprefix(tokenizer.bos_token or "").removesuffix(tokenizer.eos_token or "")
+                docs.append(text)
     elif data.file.endswith(".txt"):
         path = Path(data.file)
         if not path.is_file():
