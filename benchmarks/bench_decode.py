@@ -53,10 +53,10 @@ def main() -> None:
         params = SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True)
         enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
 
-        def run_ours():
+        def run_ours(engine=engine, ids=ids, params=params):
             return engine.generate(ids, params)
 
-        def run_ref():
+        def run_ref(enc=enc):
             with torch.inference_mode():
                 return ref.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                     pad_token_id=tok.pad_token_id or 0)

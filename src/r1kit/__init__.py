@@ -16,7 +16,7 @@ _LAZY = {
     "ModelConfig": "r1kit.models.config",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = ["Completion", "ModelConfig", "generate", "load_model", "load_tokenizer", "save_model"]
 
 
 def __getattr__(name: str):

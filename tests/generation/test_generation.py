@@ -19,7 +19,7 @@ def smollm2():
         from r1kit.models.checkpoint import smollm2_gguf_path
 
         path = smollm2_gguf_path()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (any reason the weights are missing skips)
         pytest.skip(str(e))
     ours = r1kit.load_model(path).eval()
     tok = r1kit.load_tokenizer(path)

@@ -65,7 +65,7 @@ def test_yarn_frequencies_follow_the_formula():
     cfg = get_preset("deepseek-v3-671b")
     inv_freq, attn_factor = inverse_frequencies(cfg)
     d, base, L0 = 64, 10000.0, 4096
-    corr = lambda r: d * math.log(L0 / (2 * math.pi * r)) / (2 * math.log(base))  # noqa: E731
+    corr = lambda r: d * math.log(L0 / (2 * math.pi * r)) / (2 * math.log(base))
     low, high = math.floor(corr(32)), math.ceil(corr(1))
     for i in [0, low, (low + high) // 2, high, 31]:
         theta = base ** (-2 * i / d)
@@ -84,7 +84,7 @@ def test_gate_selects_by_biased_scores_and_weights_by_raw_scores():
     with torch.no_grad():
         gate.weight.normal_()
         gate.e_score_correction_bias.copy_(torch.randn(cfg.n_routed_experts))
-        weights, indices, scores = gate(x)
+        weights, indices, _ = gate(x)
     s = torch.sigmoid(x @ gate.weight.T)
     b = gate.e_score_correction_bias
     for n in range(5):
@@ -208,3 +208,30 @@ def test_config_validation_names_field():
         ModelConfig(arch="gpt")
     with pytest.raises(ConfigError, match="n_limited_groups"):
         get_preset("toy-moe").replace(n_limited_groups=9)
+
+
+def test_mla_cache_is_latent_plus_rope_key():
+    from r1kit.models.params import kv_cache_bytes_per_token
+
+    sizes = kv_cache_bytes_per_token(get_preset("deepseek-v3-671b"))
+    assert sizes["kv_cache_bytes_per_token"] == (512 + 64) * 61 * 2  # 70,272 bytes in bf16
+    assert sizes["full_kv_cache_bytes_per_token"] == 128 * (128 + 64 + 128) * 61 * 2
+
+
+@pytest.mark.slow
+def test_toy_mla_prefills_and_decodes_at_32k_tokens():
+    """Chunked prefill of a 32K-token prompt and decoding after it, YaRN positions included (about a minute)."""
+    from r1kit.generation import Engine, SamplingParams
+    from r1kit.models.transformer import Transformer
+    from r1kit.tokenizer import toy_tokenizer
+
+    cfg = get_preset("toy-moe").replace(max_seq_len=32768 + 64, rope_factor=128.0)
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    prompt = torch.randint(10, 100, (32768,)).tolist()
+    engine = Engine(model, toy_tokenizer(), max_batch_size=1, max_seq_len=cfg.max_seq_len, prefill_chunk=1024)
+    [out] = engine.generate([prompt], SamplingParams(max_new_tokens=8, temperature=0, ignore_eos=True))
+    assert len(out.token_ids) == 8
+    with torch.no_grad():  # the last decoded token's logits against a full forward over the tail of the context
+        full = model.hidden(torch.tensor([prompt + out.token_ids[:-1]]))[:, -1]
+        assert model.lm_head(full).argmax().item() == out.token_ids[-1]

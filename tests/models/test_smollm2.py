@@ -13,7 +13,7 @@ pytest.importorskip("gguf")
 def gguf_path():
     try:
         return smollm2_gguf_path()
-    except Exception as e:  # the package is installed by scripts/setup.sh
+    except Exception as e:  # noqa: BLE001 (the package is installed by scripts/setup.sh)
         pytest.skip(str(e))
 
 

@@ -98,7 +98,7 @@ def test_completion_logps_mask_left_padding():
     from r1kit.training.grpo import completion_logps
 
     model = r1kit.load_model("toy-moe").eval()
-    ids, attn, cmask, P = pack([[1, 5, 6, 7], [1, 9]], [[10, 11, 12], [13, 14]], pad_id=0)
+    ids, attn, _, P = pack([[1, 5, 6, 7], [1, 9]], [[10, 11, 12], [13, 14]], pad_id=0)
     with torch.no_grad():
         batch, _ = completion_logps(model, ids, attn, P, temperature=0.7)
         alone, _ = completion_logps(model, torch.tensor([[1, 9, 13, 14]]), torch.ones(1, 4, dtype=torch.long), 2, 0.7)

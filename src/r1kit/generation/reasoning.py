@@ -12,7 +12,7 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 def prompt_opens_think(prompt: str) -> bool:
     """True when the prompt ends inside an open think block (R1-style templates prefill `<think>\\n`)."""
-    head, sep, tail = prompt.rpartition(THINK_OPEN)
+    _, sep, tail = prompt.rpartition(THINK_OPEN)
     return bool(sep) and THINK_CLOSE not in tail
 
 

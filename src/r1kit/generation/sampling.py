@@ -68,7 +68,7 @@ def sample(
 
 
 def _sample_filtered(logp: torch.Tensor, params: list[SamplingParams], generators) -> torch.Tensor:
-    B, V = logp.shape
+    V = logp.shape[1]
     u = torch.cat([torch.rand(1, generator=g) for g in generators])  # (B,) one draw per row
     probs = logp.exp()
     if all(p.top_p >= 1 and p.top_k == 0 and p.min_p == 0 for p in params):

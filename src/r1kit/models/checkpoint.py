@@ -109,7 +109,7 @@ def _read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
         if not (directory / fname).exists():
             raise CheckpointError(f"{directory}: shard {fname} named in the index is missing")
         with safe_open(directory / fname, framework="pt") as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
                 tensors[key] = f.get_tensor(key)
     return tensors
 
@@ -270,4 +270,4 @@ def save_model(model: Transformer, directory: str | os.PathLike, tokenizer=None)
     return directory
 
 
-__all__ = ["load_model", "save_model", "build_model", "hf_state_dict", "smollm2_gguf_path"]
+__all__ = ["build_model", "hf_state_dict", "load_model", "save_model", "smollm2_gguf_path"]

@@ -146,9 +146,9 @@ def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
 # Presets
 # ---------------------------------------------------------------------------------------------------------------
 
-_DENSE = dict(
-    n_routed_experts=0, n_shared_experts=0, n_dense_layers=0, n_mtp_layers=0, rope_scaling="none", q_lora_rank=0
-)
+_DENSE = {
+    "n_routed_experts": 0, "n_shared_experts": 0, "n_dense_layers": 0, "n_mtp_layers": 0, "rope_scaling": "none", "q_lora_rank": 0
+}
 
 PRESETS: dict[str, ModelConfig] = {
     # The official DeepSeek-V3 / R1 config (configs/config_671B.json), 128K context via YaRN.
@@ -225,21 +225,21 @@ def from_hf_config(hf: dict) -> ModelConfig:
         if rope_type not in ("default", "yarn", "llama3"):
             raise ConfigError(f"config.json: rope type {rope_type!r} is not supported (default, yarn, llama3)")
         eos = hf.get("eos_token_id")
-        c = dict(
-            arch=model_type, vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
-            n_heads=hf["num_attention_heads"], inter_dim=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
-            max_seq_len=hf.get("max_position_embeddings", 4096), tie_embeddings=hf.get("tie_word_embeddings", False),
-            rope_theta=float(rope.get("rope_theta", 10000.0)),
-            rope_scaling={"default": "none"}.get(rope_type, rope_type),
-            rope_factor=float(rope.get("factor", 1.0)),
-            original_seq_len=int(rope.get("original_max_position_embeddings", hf.get("max_position_embeddings", 4096))),
-            beta_fast=float(rope.get("beta_fast", 32.0)), beta_slow=float(rope.get("beta_slow", 1.0)),
-            mscale=float(rope.get("mscale", 1.0)), mscale_all_dim=float(rope.get("mscale_all_dim", 0.0)),
-            low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
-            high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
-            bos_token_id=hf.get("bos_token_id"), eos_token_id=eos if isinstance(eos, list) else [eos] if eos is not None else [],
-            pad_token_id=hf.get("pad_token_id"),
-        )
+        c = {
+            "arch": model_type, "vocab_size": hf["vocab_size"], "dim": hf["hidden_size"], "n_layers": hf["num_hidden_layers"],
+            "n_heads": hf["num_attention_heads"], "inter_dim": hf["intermediate_size"], "norm_eps": hf.get("rms_norm_eps", 1e-6),
+            "max_seq_len": hf.get("max_position_embeddings", 4096), "tie_embeddings": hf.get("tie_word_embeddings", False),
+            "rope_theta": float(rope.get("rope_theta", 10000.0)),
+            "rope_scaling": {"default": "none"}.get(rope_type, rope_type),
+            "rope_factor": float(rope.get("factor", 1.0)),
+            "original_seq_len": int(rope.get("original_max_position_embeddings", hf.get("max_position_embeddings", 4096))),
+            "beta_fast": float(rope.get("beta_fast", 32.0)), "beta_slow": float(rope.get("beta_slow", 1.0)),
+            "mscale": float(rope.get("mscale", 1.0)), "mscale_all_dim": float(rope.get("mscale_all_dim", 0.0)),
+            "low_freq_factor": float(rope.get("low_freq_factor", 1.0)),
+            "high_freq_factor": float(rope.get("high_freq_factor", 4.0)),
+            "bos_token_id": hf.get("bos_token_id"), "eos_token_id": eos if isinstance(eos, list) else [eos] if eos is not None else [],
+            "pad_token_id": hf.get("pad_token_id"),
+        }
         if model_type == "deepseek_v3":
             if hf.get("rope_interleave", True) is False:
                 raise ConfigError("config.json: rope_interleave=false is not supported for deepseek_v3")

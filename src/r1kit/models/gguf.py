@@ -47,7 +47,7 @@ def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
 
     try:
         reader = GGUFReader(str(path))
-    except Exception as e:  # the gguf package raises bare ValueErrors on malformed files
+    except (ValueError, OSError, KeyError, IndexError) as e:  # what the gguf package raises on bad files
         raise CheckpointError(f"{path}: not a readable GGUF file ({e})") from None
     arch = _field(reader, "general.architecture")
     if arch not in ("llama", "qwen2"):
@@ -64,7 +64,7 @@ def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         norm_eps=_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6),
         max_seq_len=_field(reader, f"{arch}.context_length", 4096),
         rope_theta=_field(reader, f"{arch}.rope.freq_base", 10000.0),
-        tie_embeddings="output.weight" not in names, qkv_bias=f"blk.0.attn_q.bias" in names,
+        tie_embeddings="output.weight" not in names, qkv_bias="blk.0.attn_q.bias" in names,
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"), eos_token_id=[eos] if eos is not None else [],
         pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id"),
         n_routed_experts=0, n_shared_experts=0, n_dense_layers=0, n_mtp_layers=0, rope_scaling="none", q_lora_rank=0,

@@ -32,6 +32,7 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
             per_expert = (m.gate_up_proj.numel() + m.down_proj.numel()) // m.gate_up_proj.shape[0]
             inactive += per_expert * (cfg.n_routed_experts - cfg.n_activated_experts)
     return {
+        **kv_cache_bytes_per_token(cfg),
         "total": total,
         "active": total - inactive,
         "mtp": mtp,
@@ -40,3 +41,18 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
         "layers": cfg.n_layers,
         "moe_layers": sum(cfg.is_moe_layer(i) for i in range(cfg.n_layers)),
     }
+
+
+def kv_cache_bytes_per_token(cfg: ModelConfig, bytes_per_value: int = 2) -> dict[str, int]:
+    """KV-cache bytes per token (all layers, bf16 by default): r1kit's cache, and a full per-head K/V cache.
+
+    MLA caches the normalized latent c_KV and the shared RoPE key k_pe; an un-absorbed implementation would
+    cache every head's key (nope + rope dims) and value. GQA caches K and V per KV head."""
+    if cfg.is_mla:
+        cached = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+        full = cfg.n_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)
+    else:
+        cached = 2 * cfg.n_kv_heads * cfg.head_dim
+        full = 2 * cfg.n_heads * cfg.head_dim
+    return {"kv_cache_bytes_per_token": cached * cfg.n_layers * bytes_per_value,
+            "full_kv_cache_bytes_per_token": full * cfg.n_layers * bytes_per_value}

@@ -104,34 +104,43 @@ class Transformer(nn.Module):
         segment_ids: (B, T) sample id of each token for packed sequences: attention stays within a sample.
         attention_mask: (B, T) 1 for real tokens, 0 for padding (left or right): positions count real tokens only.
         """
-        B, T = input_ids.shape
-        mask = None
-        if attention_mask is not None:
-            keep = attention_mask.bool()
-            if positions is None:
-                positions = (keep.long().cumsum(dim=1) - 1).clamp(min=0)
-            causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
-            eye = torch.eye(T, dtype=torch.bool, device=input_ids.device)  # a pad query attends to itself: no NaN
-            mask = ((causal & keep[:, None, :]) | eye).unsqueeze(1)
-        if segment_ids is not None:
-            causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
-            same = segment_ids[:, :, None] == segment_ids[:, None, :]
-            mask = (causal & same).unsqueeze(1) if mask is None else mask & same.unsqueeze(1)
-        if positions is None:
-            positions = torch.arange(T, device=input_ids.device).expand(B, T)
-        ctx = AttentionContext(self.rope_cos[positions], self.rope_sin[positions], mask=mask)
+        ctx = self._full_context(input_ids, positions, segment_ids, attention_mask)
         h = self.embed_tokens(input_ids)
         for layer in self.layers:
             h = layer(h, ctx)
         return h if output_pre_norm else self.norm(h)
 
-    def mtp_logits(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> list[torch.Tensor]:
-        """Logits of each MTP depth k = 1..D: entry k-1 has shape (B, T-k, V) and predicts token i+k+1 at i."""
+    def _full_context(self, input_ids, positions=None, segment_ids=None, attention_mask=None) -> AttentionContext:
+        """Rotary angles and the attention mask of a full-sequence forward (None mask = plain causal)."""
+        B, T = input_ids.shape
+        device = input_ids.device
+        mask = None
+        if attention_mask is not None:
+            keep = attention_mask.bool()
+            if positions is None:
+                positions = (keep.long().cumsum(dim=1) - 1).clamp(min=0)
+            causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+            eye = torch.eye(T, dtype=torch.bool, device=device)  # a pad query attends to itself: no NaN
+            mask = ((causal & keep[:, None, :]) | eye).unsqueeze(1)
+        if segment_ids is not None:
+            causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+            same = segment_ids[:, :, None] == segment_ids[:, None, :]
+            mask = (causal & same).unsqueeze(1) if mask is None else mask & same.unsqueeze(1)
+        if positions is None:
+            positions = torch.arange(T, device=device).expand(B, T)
+        return AttentionContext(self.rope_cos[positions], self.rope_sin[positions], mask=mask)
+
+    def mtp_logits(self, hidden: torch.Tensor, input_ids: torch.Tensor, *, positions: torch.Tensor | None = None,
+                   segment_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Logits of each MTP depth k = 1..D: entry k-1 has shape (B, T-k, V) and predicts token i+k+1 at i.
+
+        hidden: the main model's final-normed hidden states (B, T, d); positions/segment_ids as for `hidden`
+        (packed rows keep each depth's attention inside its sample)."""
         outs, h = [], hidden
         for k, module in enumerate(self.mtp, start=1):
             T = input_ids.shape[1] - k
-            positions = torch.arange(T, device=input_ids.device).expand(input_ids.shape[0], T)
-            ctx = AttentionContext(self.rope_cos[positions], self.rope_sin[positions])
+            ctx = self._full_context(input_ids[:, :T], None if positions is None else positions[:, :T],
+                                     None if segment_ids is None else segment_ids[:, :T])
             h = module(h[:, :T], self.embed_tokens(input_ids[:, k:]), ctx)
             outs.append(self.lm_head(module.norm(h)))
         return outs

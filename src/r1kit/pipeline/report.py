@@ -16,10 +16,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from r1kit.io import atomic_write, atomic_write_text  # noqa: E402
-from r1kit.pipeline.recipe import Recipe  # noqa: E402
+from r1kit.io import atomic_write, atomic_write_text
+from r1kit.pipeline.recipe import Recipe
 
 
 def _save(fig, path: Path) -> Path:
@@ -180,9 +180,9 @@ def _params(recipe: Recipe, stage: str) -> int:
 
 def _markdown(recipe, header, table, images, traces, student_line, timings) -> str:
     lines = [f"# r1kit pipeline report: {recipe.name}", "",
-             f"Held-out accuracy, R1 protocol: temperature {recipe.evaluate.temperature}, top-p "
+             (f"Held-out accuracy, R1 protocol: temperature {recipe.evaluate.temperature}, top-p "
              f"{recipe.evaluate.top_p}, {recipe.evaluate.samples} samples per problem, "
-             f"{recipe.evaluate.problems} problems per task (percent).", "",
+             f"{recipe.evaluate.problems} problems per task (percent)."), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in table]
     if student_line:
@@ -209,14 +209,14 @@ def _img(path: Path) -> str:
 def _html(recipe, header, table, images, traces, student_line, timings) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>r1kit: {e(recipe.name)}</title>",
-             "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             ("<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
              "td:first-child,th:first-child{text-align:left}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}"
-             ".ok{color:#070}.bad{color:#a00}img{max-width:100%}</style></head><body>",
+             ".ok{color:#070}.bad{color:#a00}img{max-width:100%}</style></head><body>"),
              f"<h1>r1kit pipeline report: {e(recipe.name)}</h1>",
-             f"<p>Held-out accuracy with the R1 protocol: temperature {recipe.evaluate.temperature}, top-p "
+             (f"<p>Held-out accuracy with the R1 protocol: temperature {recipe.evaluate.temperature}, top-p "
              f"{recipe.evaluate.top_p}, {recipe.evaluate.samples} samples per problem, {recipe.evaluate.problems} "
-             "problems per task; pass@1 is the mean over samples, cons@k the majority vote (percent).</p>",
+             "problems per task; pass@1 is the mean over samples, cons@k the majority vote (percent).</p>"),
              "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
     parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table]
     parts.append("</table>")

@@ -66,7 +66,6 @@ class GRPOConfig:
 
     def __post_init__(self):
         from r1kit.rewards import REWARDS
-        from r1kit.training.losses import GRPOLossConfig
 
         unknown = [r for r in self.rewards if r not in REWARDS]
         if unknown:
@@ -132,9 +131,12 @@ def rollout(engine, questions: list[dict], cfg: GRPOConfig, step: int, round_: i
 
 
 def concat_rollouts(parts: list[Rollout]) -> Rollout:
-    per = {k: sum((p.per_reward[k] for p in parts), []) for k in parts[0].per_reward}
-    return Rollout(sum((p.examples for p in parts), []), sum((p.prompt_ids for p in parts), []),
-                   sum((p.completions for p in parts), []), torch.cat([p.rewards for p in parts]), per,
+    def join(lists):
+        return [x for lst in lists for x in lst]
+
+    per = {k: join(p.per_reward[k] for p in parts) for k in parts[0].per_reward}
+    return Rollout(join(p.examples for p in parts), join(p.prompt_ids for p in parts),
+                   join(p.completions for p in parts), torch.cat([p.rewards for p in parts]), per,
                    sum(p.seconds for p in parts))
 
 
@@ -359,4 +361,4 @@ def _cli(args) -> int:
     return 0
 
 
-__all__ = ["GRPOConfig", "train", "rollout", "policy_update", "pack", "completion_logps"]
+__all__ = ["GRPOConfig", "completion_logps", "pack", "policy_update", "rollout", "train"]

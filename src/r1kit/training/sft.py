@@ -184,25 +184,6 @@ def target_counts(batches: list[Batch], depths: int) -> list[float]:
     return [float(sum(b.target_mask(d + 1).sum().item() for b in batches)) for d in range(depths + 1)]
 
 
-def packed_mtp_logits(model, hidden: torch.Tensor, batch: Batch) -> list[torch.Tensor]:
-    """`model.mtp_logits` with per-sample positions and block-diagonal attention (the model's own version
-    treats a row as one sample). Entry k-1: (B, T-k, V), predicting token i+k+1 at i."""
-    if batch.segment_ids is None:
-        return model.mtp_logits(hidden, batch.input_ids)
-    from r1kit.models.attention import AttentionContext
-
-    ids, outs, h = batch.input_ids, [], hidden
-    for k, module in enumerate(model.mtp, start=1):
-        T = ids.shape[1] - k
-        pos, seg = batch.positions[:, :T], batch.segment_ids[:, :T]
-        causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
-        mask = (causal & (seg[:, :, None] == seg[:, None, :])).unsqueeze(1)  # (B, 1, T, T)
-        ctx = AttentionContext(model.rope_cos[pos], model.rope_sin[pos], mask=mask)
-        h = module(h[:, :T], model.embed_tokens(ids[:, k:]), ctx)
-        outs.append(model.lm_head(module.norm(h)))
-    return outs
-
-
 def lm_loss(model, batch: Batch, normalizers: list[float] | None = None, *, depths: int = 0, teacher=None,
             kd: KDConfig = KDConfig()) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one micro-batch and its parts (floats, each already divided by its normalizer).
@@ -223,7 +204,7 @@ def lm_loss(model, batch: Batch, normalizers: list[float] | None = None, *, dept
     if depths:
         ce_k = [cross_entropy_loss(lg[:, :-1], ids[:, k + 1:], batch.target_mask(k + 1),  # lg: (B, T-k, V)
                                    normalizer=max(norms[k], 1.0))
-                for k, lg in enumerate(packed_mtp_logits(model, hidden, batch)[:depths], start=1)]
+                for k, lg in enumerate(model.mtp_logits(hidden, ids, **kwargs)[:depths], start=1)]
         mtp = torch.stack(ce_k).mean()
         loss = loss + model.config.mtp_loss_weight * mtp
         parts["mtp"] = mtp.item()
@@ -383,4 +364,4 @@ def _cli(args, cls, recipe) -> int:
 
 
 __all__ = ["BatchConfig", "ChatData", "CorpusData", "Evaluator", "KDConfig", "PretrainConfig", "SFTConfig",
-           "cold_start_rows", "fit", "lm_loss", "packed_mtp_logits", "pretrain", "sft", "target_counts"]
+           "cold_start_rows", "fit", "lm_loss", "pretrain", "sft", "target_counts"]
