@@ -128,12 +128,13 @@ class MoE(nn.Module):
         return self.seq_aux_alpha * (f * probs).sum(dim=-1).mean()
 
     @torch.no_grad()
-    def update_bias(self) -> torch.Tensor:
+    def update_bias(self, apply: bool = True) -> torch.Tensor:
         """Auxiliary-loss-free balancing step: raise the bias of underloaded experts, lower overloaded ones.
 
-        Returns the load fraction per expert since the last update (for logging), then resets the counts."""
+        Returns the load fraction per expert since the last update (for logging), then resets the counts.
+        apply=False only measures (post-training keeps the bias frozen, as DeepSeek-V3 ends pretraining)."""
         load = self.expert_load
-        if load.sum() > 0:
+        if apply and load.sum() > 0:
             self.gate.e_score_correction_bias += self.bias_update_speed * torch.sign(load.mean() - load)
         fraction = load / load.sum().clamp(min=1)
         self.expert_load.zero_()

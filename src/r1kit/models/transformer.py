@@ -189,7 +189,8 @@ class Transformer(nn.Module):
         losses = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
         return torch.stack(losses).sum() if losses else None
 
-    def update_router_biases(self) -> torch.Tensor | None:
-        """Apply the auxiliary-loss-free bias update in every MoE layer; returns the load fractions (L_moe, E)."""
-        loads = [m.update_bias() for m in self.moe_layers()]
+    def update_router_biases(self, apply: bool = True) -> torch.Tensor | None:
+        """Apply the auxiliary-loss-free bias update in every MoE layer (apply=False: only measure);
+        returns the load fractions since the last call, (L_moe, E)."""
+        loads = [m.update_bias(apply) for m in self.moe_layers()]
         return torch.stack(loads) if loads else None

@@ -257,7 +257,7 @@ def policy_update(run, cfg: GRPOConfig, r: Rollout, ref_model, loss_cfg) -> dict
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
-        load = model.update_router_biases()
+        load = model.update_router_biases(apply=bool(cfg.run.router_bias_update))
         if load is not None:
             sums["expert_load_max"] = (load.max(dim=1).values * load.shape[1]).mean().item()  # 1.0 = balanced
     sums["logprob_diff_max"] = diff_max

@@ -38,6 +38,10 @@ class RunConfig:
     dtype: str = "float32"  # float32 | bfloat16 (autocast for the forward/backward; master weights stay fp32)
     gradient_checkpointing: bool = False
     progress: bool = True
+    # MoE: apply the auxiliary-loss-free router-bias update after each step. None = the recipe's default:
+    # on for pretraining, off (load only logged) for SFT and GRPO, as DeepSeek-V3 freezes the bias (gamma = 0)
+    # at the end of pretraining.
+    router_bias_update: bool | None = None
 
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16"):

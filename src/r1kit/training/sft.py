@@ -256,11 +256,12 @@ class Evaluator:
 # ---- the loop ----------------------------------------------------------------------------------------------------
 
 def fit(run, samples: list[Sample], batch_cfg: BatchConfig, run_cfg: RunConfig, optim: OptimConfig, *, desc: str,
-        teacher=None, kd: KDConfig = KDConfig(), evaluate: Evaluator | None = None) -> dict:
+        teacher=None, kd: KDConfig = KDConfig(), evaluate: Evaluator | None = None, bias_update: bool = False) -> dict:
     """Train `run.model` on `samples` from `run.start_step` to `run_cfg.steps`; returns the last metrics.
 
     evaluate: held-out greedy accuracy, logged as eval_accuracy before the first step and every
-    `evaluate.every` steps. teacher/kd: logit distillation (see `lm_loss`).
+    `evaluate.every` steps. teacher/kd: logit distillation (see `lm_loss`). bias_update: apply the MoE
+    router-bias update after each step (otherwise the expert load is only logged).
     """
     from r1kit.training.loop import autocast, finish_run, save_step
     from r1kit.training.metrics import MetricsLogger
@@ -298,7 +299,7 @@ def fit(run, samples: list[Sample], batch_cfg: BatchConfig, run_cfg: RunConfig, 
             run.optimizer.zero_grad(set_to_none=True)
             record = {"loss": sums["ce"], **{k: v for k, v in sums.items() if k != "ce"}, "grad_norm": grad_norm,
                       "lr": run.scheduler.get_last_lr()[0], "tokens": norms[0]}
-            load = model.update_router_biases() if hasattr(model, "update_router_biases") else None
+            load = (model.update_router_biases(apply=bias_update) if hasattr(model, "update_router_biases") else None)
             if load is not None:
                 record["expert_load_max"] = (load.max(dim=1).values * load.shape[1]).mean().item()  # 1 = balanced
             record["step_s"] = time.perf_counter() - t0
@@ -319,7 +320,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
     run = start_run(cfg, cfg.run, cfg.optim, cfg.model, cfg.tokenizer)
     samples = corpus_samples(cfg.data, run.tokenizer, cfg.run.seed)
-    return fit(run, samples, cfg.batch, cfg.run, cfg.optim, desc="pretrain")
+    return fit(run, samples, cfg.batch, cfg.run, cfg.optim, desc="pretrain",
+               bias_update=cfg.run.router_bias_update is not False)  # on unless the config turns it off
 
 
 def sft(cfg: SFTConfig) -> dict:
@@ -329,7 +331,8 @@ def sft(cfg: SFTConfig) -> dict:
     samples = chat_samples(cfg, run.tokenizer)
     evaluate = (Evaluator.build(run.tokenizer, cfg.tasks, cfg.eval_size, cfg.max_new_tokens, cfg.eval_every,
                                 cfg.run.seed) if cfg.eval_every else None)
-    return fit(run, samples, cfg.batch, cfg.run, cfg.optim, desc="sft", evaluate=evaluate)
+    return fit(run, samples, cfg.batch, cfg.run, cfg.optim, desc="sft", evaluate=evaluate,
+               bias_update=bool(cfg.run.router_bias_update))  # frozen after pretraining unless asked
 
 
 def add_config_arguments(p: argparse.ArgumentParser, cls_name: str) -> None:
