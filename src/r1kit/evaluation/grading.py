@@ -96,6 +96,12 @@ GRADERS: dict[str, Grader] = {
     ),
     "choice": Grader(_extract_choice, _each(lambda a, p: a.strip().upper() == p.gold), lambda a, b: a == b),
     "countdown": Grader(_extract_boxed, _each(_countdown), lambda a, b: normalize(a) == normalize(b)),
+    # the last number of the reply: for small chat models that answer in prose (see rewards' last_number)
+    "last_number": Grader(
+        lambda c, p: r1kit.rewards.registry.extract_last_number(c.text),
+        _each(lambda a, p: r1kit.rewards.math_equal(a, p.gold)),
+        r1kit.rewards.math_equal,
+    ),
     "code": Grader(_extract_program, _run_code, None),
 }
 

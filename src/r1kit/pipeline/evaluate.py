@@ -17,8 +17,12 @@ def evaluate_stages(recipe: Recipe, progress: bool = True) -> dict:
     import r1kit
     from r1kit.evaluation import evaluate, get_benchmark
 
+    from r1kit.pipeline.recipe import BASE
+
     settings = recipe.evaluate
     names = settings.stages or [s.name for s in recipe.stages if s.makes_model]
+    if not settings.stages and recipe.stages[0].kind != "pretrain":
+        names = [BASE, *names]  # no pretraining stage: show the starting model first
     results: dict = {}
     for name in names:
         model = r1kit.load_model(recipe.model_path(name)).eval()
@@ -26,6 +30,8 @@ def evaluate_stages(recipe: Recipe, progress: bool = True) -> dict:
         results[name] = {}
         for task in recipe.tasks.tasks:
             bench = dataclasses.replace(get_benchmark(f"synthetic:{task}"), template=recipe.tasks.prompt_template)
+            if settings.grader:
+                bench = dataclasses.replace(bench, grader=settings.grader)
             results[name][task] = evaluate(
                 model, tokenizer, bench, out_dir=recipe.output_dir / "eval" / name / task, model_id=name,
                 samples=settings.samples, limit=settings.problems, max_new_tokens=settings.max_new_tokens,

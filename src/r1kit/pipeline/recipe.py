@@ -30,6 +30,7 @@ from r1kit.errors import ConfigError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "r1_toy.yaml"
 KINDS = ("pretrain", "sft", "grpo", "rejection", "distill")
+BASE = "base"  # the evaluation name of the recipe's starting model
 
 
 @dataclass
@@ -40,7 +41,8 @@ class EvalSettings:
     temperature: float = 0.6
     top_p: float = 0.95
     batch_size: int = 64
-    stages: list[str] | None = None  # default: every stage that produces a model
+    stages: list[str] | None = None  # default: every stage that produces a model (+ "base" without pretraining)
+    grader: str | None = None  # override the tasks' grader (e.g. last_number for a model answering in prose)
 
 
 @dataclass
@@ -67,6 +69,8 @@ class Recipe:
     name: str = "r1"
 
     def stage(self, name: str) -> Stage:
+        if name == BASE:
+            return Stage(BASE, "base", None, None, None)
         for s in self.stages:
             if s.name == name:
                 return s
@@ -76,7 +80,8 @@ class Recipe:
         return self.output_dir / name
 
     def model_path(self, name: str) -> str:
-        return str(self.stage_dir(name) / "final")
+        """A stage's final model; "base" is the model the recipe starts from."""
+        return self.model if name == BASE else str(self.stage_dir(name) / "final")
 
 
 def _config_class(kind: str):
@@ -146,9 +151,8 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         for ref in ("init", "data"):
             if spec.get(ref) and spec[ref] not in known:
                 raise ConfigError(f"{where}: stage {name!r}: {ref} {spec[ref]!r} is not an earlier stage")
-        if spec["kind"] != "pretrain" and not spec.get("init"):
-            raise ConfigError(f"{where}: stage {name!r} ({spec['kind']}) needs init: <earlier stage>")
-        init_path = str(out / spec["init"] / "final") if spec.get("init") else None
+        # without init, a stage starts from the recipe's model (a preset, checkpoint or GGUF)
+        init_path = str(out / spec["init"] / "final") if spec.get("init") else raw["model"]
         data_path = str(out / spec["data"] / "sft.jsonl") if spec.get("data") else None
         wired = _wire(spec["kind"], spec.get("config") or {}, recipe=raw, out=out, name=name, init_path=init_path,
                       data_path=data_path)
@@ -156,7 +160,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         stages.append(Stage(name, spec["kind"], spec.get("init"), spec.get("data"), cfg))
     evaluate = build(EvalSettings, raw.get("evaluate") or {}, f"{where}: evaluate")
     for s in evaluate.stages or []:
-        if s not in [st.name for st in stages]:
+        if s not in [st.name for st in stages] + [BASE]:
             raise ConfigError(f"{where}: evaluate.stages names unknown stage {s!r}")
     return Recipe(out, raw["seed"], raw["model"], tasks, stages, evaluate, raw.get("name", path.stem))
 

@@ -70,6 +70,13 @@ def cosine_reward(completion: str, completion_tokens: int | None = None, max_tok
     return cosine_scaled(acc >= 1.0, int(completion_tokens), int(max_tokens))
 
 
+def extract_last_number(completion: str) -> str | None:
+    """The last number of the answer part (after </think>), thousands separators dropped."""
+    _, reply = split_reasoning(completion)
+    numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", reply or "")
+    return numbers[-1].replace(",", "") if numbers else None
+
+
 def last_number_reward(completion: str, answer: str | None = None, **_: object) -> float | None:
     """1.0 when the last number of the answer part equals the gold number (GSM8K-style "flexible" grading).
 
@@ -77,11 +84,8 @@ def last_number_reward(completion: str, answer: str | None = None, **_: object) 
     `accuracy`: use it only where the prompt cannot make the model mark its answer."""
     if answer is None or not str(answer).strip():
         return None
-    _, reply = split_reasoning(completion)
-    numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", reply or "")
-    if not numbers:
-        return 0.0
-    return float(math_equal(numbers[-1].replace(",", ""), str(answer)))
+    number = extract_last_number(completion)
+    return 0.0 if number is None else float(math_equal(number, str(answer)))
 
 
 REWARDS: dict[str, RewardFn] = {
