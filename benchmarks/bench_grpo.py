@@ -1,7 +1,7 @@
 """GRPO seconds per step: r1kit vs TRL's GRPOTrainer on SmolLM2-135M-Instruct, same settings, one run.
 
 Settings shared by both (the issue's): 2 questions x G=8 completions per step, max 128 new tokens,
-temperature 1.0, beta 0.04 (so both keep a reference model), lr 1e-6, fp32 on the CPU, the same prompts
+temperature 0.7, beta 0.04 (so both keep a reference model), lr 1e-6, fp32 on the CPU, the same prompts
 (two-digit additions asked plainly) and the same reward (`last_number`: the last number of the reply equals
 the sum). Prints each system's seconds per step (median over the timed steps), its mean reward, and the ratio.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-PROMPT = "{question} Reply with the sum."  # the question is "What is 23+58?"
+PROMPT = "{question} Answer with just the number."  # the question is "What is 23+58?"
 
 
 def questions(n: int, seed: int) -> list[dict]:
@@ -43,7 +43,7 @@ def run_r1kit(model_dir: Path, steps: int, out: Path) -> tuple[list[float], list
 
     cfg = load_config(GRPOConfig, overrides={
         "model": str(model_dir), "questions_per_step": 2, "num_generations": 8, "max_new_tokens": 128,
-        "temperature": 1.0, "beta": 0.04, "rewards": {"last_number": 1.0}, "micro_batch_size": 16,
+        "temperature": 0.7, "beta": 0.04, "rewards": {"last_number": 1.0}, "micro_batch_size": 16,
         "data": {"tasks": ["addition"], "level": 2, "num_train": 200,
                  "prompt_template": PROMPT},
         "optim": {"lr": 1e-6}, "run": {"output_dir": str(out), "steps": steps, "save_every": 10_000},
@@ -85,7 +85,7 @@ def run_trl(model_dir: Path, steps: int, out: Path) -> tuple[list[float], list[f
                 rewards.append(logs["reward"])
 
     args = GRPOConfig(output_dir=str(out), per_device_train_batch_size=16, num_generations=8,
-                      max_completion_length=128, temperature=1.0, beta=0.04, learning_rate=1e-6, max_steps=steps,
+                      max_completion_length=128, temperature=0.7, beta=0.04, learning_rate=1e-6, max_steps=steps,
                       logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
                       gradient_accumulation_steps=1, seed=0)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=tok,

@@ -14,8 +14,7 @@ import os
 from pathlib import Path
 
 from r1kit.errors import CheckpointError
-
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+from r1kit.reasoning import THINK_CLOSE, THINK_OPEN
 
 TOY_SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
 TOY_ADDED = [THINK_OPEN, THINK_CLOSE]  # added but not special: decoding keeps them, so reasoning can be split

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from r1kit.generation.engine import Completion, Engine, Request
-from r1kit.generation.reasoning import split_reasoning
 from r1kit.generation.sampling import SamplingParams
+from r1kit.reasoning import split_reasoning
 
 __all__ = ["Completion", "Engine", "Request", "SamplingParams", "generate", "split_reasoning"]
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import torch
 
 from r1kit.errors import R1kitError
-from r1kit.generation.reasoning import prompt_opens_think, split_reasoning
 from r1kit.generation.sampling import SamplingParams, make_generator, sample
+from r1kit.reasoning import prompt_opens_think, split_reasoning
 
 
 @dataclass

@@ -16,7 +16,6 @@ def evaluate_stages(recipe: Recipe, progress: bool = True) -> dict:
     """{stage: {task: summary}} for each evaluated stage (models are loaded one at a time)."""
     import r1kit
     from r1kit.evaluation import evaluate, get_benchmark
-
     from r1kit.pipeline.recipe import BASE
 
     settings = recipe.evaluate

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+from r1kit import reasoning
 
 _FINAL_PATTERNS = [
     re.compile(r"\*\*\s*final answer\s*:?\s*\*\*\s*:?\s*(.+)", re.IGNORECASE | re.DOTALL),
@@ -26,12 +26,8 @@ def split_reasoning(text: str) -> tuple[str, str | None]:
 
     Works whether or not ``<think>`` itself is in the text (a chat template may have prefilled it).
     """
-    if THINK_CLOSE in text:
-        reasoning, answer = text.rsplit(THINK_CLOSE, 1)
-        return reasoning.replace(THINK_OPEN, ""), answer
-    if THINK_OPEN in text:
-        return text.split(THINK_OPEN, 1)[1], None
-    return "", text
+    thought, answer = reasoning.split_reasoning(text)
+    return thought, answer if reasoning.has_answer(text) else None
 
 
 def boxed_contents(text: str) -> list[str]:

@@ -9,7 +9,7 @@ Left out: checking the answer's own formatting (boxed or not); that belongs to `
 
 from __future__ import annotations
 
-from r1kit.rewards.answer import THINK_CLOSE, THINK_OPEN
+from r1kit.reasoning import THINK_CLOSE, THINK_OPEN
 
 
 def format_reward(completion: str, prefilled_think: bool | None = None, **_: object) -> float:

@@ -15,7 +15,7 @@ middle of its text; a stream cannot take back what it already sent as content, s
 
 from __future__ import annotations
 
-from r1kit.generation.reasoning import THINK_CLOSE, THINK_OPEN
+from r1kit.reasoning import THINK_CLOSE, THINK_OPEN
 
 _START, _REASONING, _CONTENT = "start", "reasoning", "content"
 
