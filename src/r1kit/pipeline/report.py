@@ -66,14 +66,26 @@ def rl_curves(recipe: Recipe, path: Path) -> Path | None:
     keys = [("reward", "reward"), ("accuracy", "train accuracy"), ("completion_len", "response length (tokens)")]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
     for ax, (key, label) in zip(axes, keys):
-        for name, recs in runs.items():
+        for i, (name, recs) in enumerate(runs.items()):
             pts = [(r["step"], r[key]) for r in recs if r.get(key) is not None]
             if pts:
-                ax.plot(*zip(*pts), label=name)
+                steps, values = zip(*pts)
+                color = f"C{i}"
+                ax.plot(steps, values, color=color, alpha=0.25, linewidth=1)
+                ax.plot(steps, _moving_average(values, 8), color=color, linewidth=2, label=name)
         ax.set_xlabel("step")
         ax.set_title(label)
     axes[0].legend(fontsize=8)
+    fig.suptitle("GRPO stages (thin: per step; thick: 8-step moving average)", y=1.03)
     return _save(fig, path)
+
+
+def _moving_average(values, window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def expert_load(recipe: Recipe, stage: str, n: int = 64) -> dict[str, list[list[float]]]:
@@ -81,11 +93,13 @@ def expert_load(recipe: Recipe, stage: str, n: int = 64) -> dict[str, list[list[
     import torch
 
     import r1kit
+    from r1kit.models.moe import MoE
     from r1kit.training.tasks import example_messages, load_examples
 
     model = r1kit.load_model(recipe.model_path(stage))
     tok = r1kit.load_tokenizer(recipe.model_path(stage))
-    if not model.moe_layers():
+    layers = [block.mlp for block in model.layers if isinstance(block.mlp, MoE)]  # the main model's, not MTP's
+    if not layers:
         return {}
     loads = {}
     examples = load_examples(recipe.tasks, "test", recipe.seed)
@@ -94,12 +108,12 @@ def expert_load(recipe: Recipe, stage: str, n: int = 64) -> dict[str, list[list[
             {"role": "assistant", "content": f"Answer: {ex['answer']}", "reasoning": ex.get("solution", "")}],
             tokenize=False) for ex in examples if ex.get("task") == task][:n]
         model.train()  # MoE layers count routed tokens in training mode; no gradient is taken
-        for m in model.moe_layers():
+        for m in layers:
             m.expert_load.zero_()
         with torch.no_grad():
             for text in texts:
                 model(torch.tensor([tok(text, add_special_tokens=False).input_ids]))
-        loads[task] = [(m.expert_load / m.expert_load.sum().clamp(min=1)).tolist() for m in model.moe_layers()]
+        loads[task] = [(m.expert_load / m.expert_load.sum().clamp(min=1)).tolist() for m in layers]
     return loads
 
 
@@ -116,7 +130,7 @@ def expert_plot(loads: dict, stage: str, path: Path) -> Path | None:
         ax.set_xlabel("expert")
         ax.set_title(f"MoE layer {layer + 1}")
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(f"Share of routed tokens per expert, by task ({stage})")
+    fig.suptitle(f"Share of routed tokens per expert, by task ({stage})", y=1.04)
     return _save(fig, path)
 
 
