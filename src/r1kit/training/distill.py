@@ -170,24 +170,15 @@ def distill(cfg: DistillConfig) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("distill", help="distil a teacher's verified traces into a dense student",
-                       description="Teacher (model or trace JSONL) -> verified traces -> SFT of a dense student "
-                                   "(optional logit KD); re-running resumes from the last checkpoint.")
-    p.add_argument("--config", help="YAML config (fields of DistillConfig)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field, e.g. --set student_overrides.dim=64 --set kd.weight=0.5")
-    p.add_argument("--json", action="store_true", help="print the last step's metrics and the trace summary")
-    p.set_defaults(func=_cli)
+    from r1kit.training.cli import add_recipe_command
 
-
-def _cli(args) -> int:
-    from r1kit.config import load_config
-
-    cfg = load_config(DistillConfig, args.config, args.overrides)
-    last = distill(cfg)
-    print(json.dumps(last) if args.json else
-          f"done: {last['traces']['kept']} traces; student in {cfg.run.output_dir}/final")
-    return 0
+    add_recipe_command(
+        sub, "distill", DistillConfig, distill,
+        lambda cfg, last: f"done: {last['traces']['kept']} traces; student in {cfg.run.output_dir}/final",
+        help="distil a teacher's verified traces into a dense student",
+        description="Teacher (model or trace JSONL) -> verified traces -> SFT of a dense student (optional logit "
+                    "KD); re-running resumes from the last checkpoint.",
+        example="--set student_overrides.dim=64 --set kd.weight=0.5")
 
 
 __all__ = ["DistillConfig", "distill", "read_trace_candidates", "student_source", "teacher_traces"]

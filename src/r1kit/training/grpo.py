@@ -340,25 +340,15 @@ def _mean(values) -> float | None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("grpo", help="GRPO reinforcement learning with verifiable rewards",
-                       description="Run GRPO from a YAML config; re-running the same command resumes from the "
-                                   "last checkpoint in run.output_dir.")
-    p.add_argument("--config", help="YAML config (fields of GRPOConfig)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field, e.g. --set beta=0.04 --set optim.lr=1e-5")
-    p.add_argument("--json", action="store_true", help="print the last step's metrics as JSON")
-    p.set_defaults(func=_cli)
+    from r1kit.training.cli import add_recipe_command
 
-
-def _cli(args) -> int:
-    import json
-
-    from r1kit.config import load_config
-
-    cfg = load_config(GRPOConfig, args.config, args.overrides)
-    last = train(cfg)
-    print(json.dumps(last) if args.json else f"done: {cfg.run.output_dir} (final model in {cfg.run.output_dir}/final)")
-    return 0
+    add_recipe_command(
+        sub, "grpo", GRPOConfig, train,
+        lambda cfg, last: f"done: {cfg.run.output_dir} (final model in {cfg.run.output_dir}/final)",
+        help="GRPO reinforcement learning with verifiable rewards",
+        description="Run GRPO from a YAML config; re-running the same command resumes from the last checkpoint "
+                    "in run.output_dir.",
+        example="--set beta=0.04 --set optim.lr=1e-5")
 
 
 __all__ = ["GRPOConfig", "completion_logps", "pack", "policy_update", "rollout", "train"]

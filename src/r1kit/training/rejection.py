@@ -202,27 +202,16 @@ def rejection_sample(cfg: RejectionConfig) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("rejection-sample", help="sample, verify and filter replies into an SFT dataset",
-                       description="Sample k replies per task prompt, keep verified ones (R1 filters), write a "
-                                   "chat JSONL for `r1kit sft` and a summary of kept/rejected counts.")
-    p.add_argument("--config", help="YAML config (fields of RejectionConfig)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field, e.g. --set sampling.samples_per_prompt=8")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=_cli)
+    from r1kit.training.cli import add_recipe_command
 
-
-def _cli(args) -> int:
-    import json
-
-    from r1kit.config import load_config
-
-    cfg = load_config(RejectionConfig, args.config, args.overrides)
-    summary = rejection_sample(cfg)
-    print(json.dumps(summary) if args.json else
-          f"kept {summary['kept']} of {summary['candidates']} replies -> {cfg.output}; rejected: "
-          + ", ".join(f"{k} {v}" for k, v in summary["rejected"].items()))
-    return 0
+    add_recipe_command(
+        sub, "rejection-sample", RejectionConfig, rejection_sample,
+        lambda cfg, summary: f"kept {summary['kept']} of {summary['candidates']} replies -> {cfg.output}; rejected: "
+                             + ", ".join(f"{k} {v}" for k, v in summary["rejected"].items()),
+        help="sample, verify and filter replies into an SFT dataset",
+        description="Sample k replies per task prompt, keep verified ones (R1 filters), write a chat JSONL for "
+                    "`r1kit sft` and a summary of kept/rejected counts.",
+        example="--set sampling.samples_per_prompt=8")
 
 
 __all__ = ["Candidate", "FilterConfig", "RejectionConfig", "SamplingConfig", "reject_reason", "rejection_sample",

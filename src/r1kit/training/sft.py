@@ -335,35 +335,22 @@ def sft(cfg: SFTConfig) -> dict:
                bias_update=bool(cfg.run.router_bias_update))  # frozen after pretraining unless asked
 
 
-def add_config_arguments(p: argparse.ArgumentParser, cls_name: str) -> None:
-    p.add_argument("--config", help=f"YAML config (fields of {cls_name})")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field, e.g. --set optim.lr=3e-4 --set batch.packing=false")
-    p.add_argument("--json", action="store_true", help="print the last step's metrics as JSON")
+def _done(cfg, last) -> str:
+    return f"done: {cfg.run.output_dir} (final model in {cfg.run.output_dir}/final)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from r1kit.training.cli import add_recipe_command
+
     resume = "Re-running the same command resumes from the last checkpoint in run.output_dir."
-    p = sub.add_parser("pretrain", help="causal-LM pretraining (synthetic corpus or a text file)",
+    add_recipe_command(sub, "pretrain", PretrainConfig, pretrain, _done,
+                       help="causal-LM pretraining (synthetic corpus or a text file)",
                        description=f"Pretrain from a YAML config. {resume}")
-    add_config_arguments(p, "PretrainConfig")
-    p.set_defaults(func=lambda args: _cli(args, PretrainConfig, pretrain))
-    p = sub.add_parser("sft", help="supervised fine-tuning on chat data (loss on the final assistant turn)",
-                       description=f"SFT from a YAML config; without data.dataset it trains on the synthetic "
-                                   f"tasks' worked solutions (cold start). {resume}")
-    add_config_arguments(p, "SFTConfig")
-    p.set_defaults(func=lambda args: _cli(args, SFTConfig, sft))
-
-
-def _cli(args, cls, recipe) -> int:
-    import json
-
-    from r1kit.config import load_config
-
-    cfg = load_config(cls, args.config, args.overrides)
-    last = recipe(cfg)
-    print(json.dumps(last) if args.json else f"done: {cfg.run.output_dir} (final model in {cfg.run.output_dir}/final)")
-    return 0
+    add_recipe_command(sub, "sft", SFTConfig, sft, _done,
+                       help="supervised fine-tuning on chat data (loss on the final assistant turn)",
+                       description="SFT from a YAML config; without data.dataset it trains on the synthetic tasks' "
+                                   f"worked solutions (cold start). {resume}",
+                       example="--set optim.lr=3e-4 --set batch.packing=false")
 
 
 __all__ = ["BatchConfig", "ChatData", "CorpusData", "Evaluator", "KDConfig", "PretrainConfig", "SFTConfig",
