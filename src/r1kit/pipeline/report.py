@@ -64,7 +64,9 @@ def rl_curves(recipe: Recipe, path: Path) -> Path | None:
     if not any(runs.values()):
         return None
     keys = [("reward", "reward"), ("accuracy", "train accuracy"), ("completion_len", "response length (tokens)")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
+    keys = [(k, label) for k, label in keys if any(r.get(k) is not None for recs in runs.values() for r in recs)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+    axes = axes[0]
     for ax, (key, label) in zip(axes, keys):
         for i, (name, recs) in enumerate(runs.items()):
             pts = [(r["step"], r[key]) for r in recs if r.get(key) is not None]

@@ -312,7 +312,8 @@ def train(cfg: GRPOConfig) -> dict:
             record = {
                 "reward": r.rewards.mean().item(), "reward_std": r.rewards.std().item(),
                 **{f"reward/{k}": _mean(v) for k, v in r.per_reward.items()},
-                "accuracy": _mean(r.per_reward.get("accuracy", [])),
+                # correctness: the accuracy reward, or last_number where a recipe grades prose answers
+                "accuracy": _mean(r.per_reward.get("accuracy") or r.per_reward.get("last_number") or []),
                 "frac_zero_std": frac_zero_std,
                 "completion_len": lengths.mean().item(), "completion_len_max": lengths.max().item(),
                 "truncated": sum(c.finish_reason == "length" for c in r.completions) / len(r.completions),
