@@ -69,6 +69,12 @@ def load_tokenizer(src: str | os.PathLike):
         return AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
     if not any((source / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         raise CheckpointError(f"{source}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    if (source / "tokenizer.json").exists():
+        # tokenizer.json is the whole tokenizer; AutoTokenizer would pick a class from config.json's model_type
+        # (e.g. Qwen2Tokenizer) and rebuild its pre-tokenizer, which changes a custom tokenizer's ids
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(source))
     return AutoTokenizer.from_pretrained(str(source))
 
 

@@ -235,3 +235,14 @@ def test_toy_mla_prefills_and_decodes_at_32k_tokens():
     with torch.no_grad():  # the last decoded token's logits against a full forward over the tail of the context
         full = model.hidden(torch.tensor([prompt + out.token_ids[:-1]]))[:, -1]
         assert model.lm_head(full).argmax().item() == out.token_ids[-1]
+
+
+def test_saved_tokenizer_round_trips_for_every_architecture(tmp_path):
+    """A qwen2-type checkpoint must not swap r1kit's char tokenizer for transformers' Qwen2Tokenizer."""
+    from r1kit.tokenizer import toy_tokenizer
+
+    text = "<bos><|user|>What is 12 + 7?\n<|assistant|><think>\nx y</think>"
+    expected = toy_tokenizer()(text, add_special_tokens=False).input_ids
+    for preset in ("toy-dense", "toy-moe"):
+        r1kit.save_model(r1kit.load_model(preset), tmp_path / preset, tokenizer=toy_tokenizer())
+        assert r1kit.load_tokenizer(tmp_path / preset)(text, add_special_tokens=False).input_ids == expected
