@@ -124,6 +124,9 @@ def chat_samples(cfg: SFTConfig, tokenizer) -> list[Sample]:
 
     rows = (load_chat_dataset(cfg.data.dataset, on_error=cfg.data.on_error) if cfg.data.dataset
             else cold_start_rows(cfg.tasks, cfg.run.seed))
+    if not rows:
+        raise R1kitError(f"{cfg.data.dataset}: no conversations to train on (from rejection sampling, this means "
+                         "the sampled model answered nothing correctly: train the earlier stages longer)")
     return [chat_sample(tokenizer, row["messages"]) for row in rows]
 
 
