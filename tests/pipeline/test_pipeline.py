@@ -30,9 +30,8 @@ SHORT = [  # the default recipe's stages, shrunk to seconds each
 def test_short_recipe_runs_every_stage_and_writes_the_report(tmp_path, capsys, monkeypatch):
     # A toy trained for seconds answers nothing correctly, so rejection sampling would keep nothing; keep every
     # finished reply here so the later stages get data (the filters have their own tests).
-    import r1kit.training.rejection as rejection
-
     from r1kit.rewards import split_reasoning
+    from r1kit.training import rejection
 
     def keep_finished(c, f):
         if c.finish_reason == "length":
