@@ -78,6 +78,7 @@ class Engine:
         self.free_rows = list(range(max_batch_size))
         self._ids = itertools.count()
         self._cache_ready = False
+        self.last_completion: Completion | None = None  # of the last `stream` call
 
     # ---- requests ---------------------------------------------------------------------------------------------
 
