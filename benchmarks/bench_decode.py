@@ -1,10 +1,11 @@
 """Decode tokens/s: r1kit's engine vs transformers `generate` on SmolLM2-135M (GGUF), same run, same settings.
 
 Greedy, `--new-tokens` tokens per sequence (EOS ignored by both so lengths match), batch 1 and batch 16 of
-the same chat prompts, fp32 CPU. Also prints r1kit's batch-1 decode against the memory-bandwidth bound
-(weight bytes read per token / measured copy bandwidth).
+the same chat prompts, on CPU, in each of `--dtypes` (both libraries in the same dtype; the runs are interleaved
+so machine noise hits both alike). Throughput counts prompt processing too (time to the last token). Also prints
+r1kit's batch-1 decode against the memory-bandwidth bound (weight bytes read per token / measured copy bandwidth).
 
-    .venv/bin/python benchmarks/bench_decode.py [--new-tokens 128] [--batches 1 16] [--repeats 2]
+    .venv/bin/python benchmarks/bench_decode.py [--new-tokens 128] [--batches 1 16] [--dtypes fp32 bf16] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import r1kit
 from r1kit.generation import Engine, SamplingParams
 from r1kit.models.checkpoint import smollm2_gguf_path
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 QUESTIONS = ["What is 17 + 25?", "Name three colors.", "Write a haiku about the sea.", "Why is the sky blue?"]
 
 
@@ -36,15 +38,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    for name in args.dtypes:
+        bench_dtype(args, name)
+
+
+def bench_dtype(args, dtype_name: str) -> None:
+    dtype = DTYPES[dtype_name]
     path = smollm2_gguf_path()
     tok = r1kit.load_tokenizer(path)
-    ours = r1kit.load_model(path).eval()
-    ref = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                            dtype=torch.float32).eval()
+    ours = r1kit.load_model(path, dtype=dtype).eval()
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype).eval()
     n = args.new_tokens
-    print(f"SmolLM2-135M fp32, greedy, {n} new tokens, {torch.get_num_threads()} threads")
+    print(f"SmolLM2-135M {dtype_name}, greedy, {n} new tokens, {torch.get_num_threads()} threads")
     for batch in args.batches:
         prompts = [tok.apply_chat_template([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
                                            tokenize=False, add_generation_prompt=True) for i in range(batch)]
@@ -68,12 +76,12 @@ def main() -> None:
                 fn()
                 rates[name].append(batch * n / (time.perf_counter() - t0))
         best = {k: max(v) for k, v in rates.items()}
-        print(f"batch {batch:>2}: r1kit {best['r1kit']:.1f} tok/s, transformers {best['transformers']:.1f} tok/s, "
+        print(f"{dtype_name} batch {batch:>2}: r1kit {best['r1kit']:.1f} tok/s, transformers {best['transformers']:.1f} tok/s, "
               f"ratio {best['r1kit'] / best['transformers']:.2f}")
         if batch == 1:
             weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
             bound = copy_bandwidth() / weight_bytes
-            print(f"batch  1: memory-bandwidth bound {bound:.1f} tok/s ({weight_bytes / 1e6:.0f} MB of weights per "
+            print(f"{dtype_name} batch  1: memory-bandwidth bound {bound:.1f} tok/s ({weight_bytes / 1e6:.0f} MB of weights per "
                   f"token); r1kit reaches {100 * best['r1kit'] / bound:.0f}% of it")
 
 

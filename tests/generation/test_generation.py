@@ -9,7 +9,7 @@ import transformers
 import r1kit
 from r1kit.errors import R1kitError
 from r1kit.generation import Engine, SamplingParams, generate, split_reasoning
-from r1kit.generation.sampling import sample
+from r1kit.generation.sampling import argmax, sample
 from r1kit.tokenizer import toy_tokenizer
 
 
@@ -88,6 +88,29 @@ def test_logprobs_equal_full_forward():
             logp = torch.log_softmax(model(full)[0], dim=-1)
         expected = logp[len(ids) - 1:-1].gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
         assert torch.allclose(torch.tensor(c.logprobs), expected, atol=1e-4)
+
+
+def test_greedy_logprobs_equal_full_forward():
+    model = r1kit.load_model("toy-dense").eval()
+    tok = toy_tokenizer()
+    ids = tok("<bos>3+4=", add_special_tokens=False).input_ids
+    c = generate(model, tok, [ids], max_new_tokens=12, temperature=0)[0]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids + c.token_ids]))[0], dim=-1)[len(ids) - 1:-1]
+    assert c.token_ids == logp.argmax(-1)[: len(c.token_ids)].tolist()
+    expected = logp.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
+    assert torch.allclose(torch.tensor(c.logprobs), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("vocab", [7, 2048, 49152, 151936, 5000])
+def test_blockwise_argmax_is_torch_argmax_including_ties(vocab):
+    x = torch.randn(9, vocab)
+    x[1, [3, vocab - 1]] = 50.0  # ties: the first index wins
+    x[2, vocab - 1] = 50.0  # max in the short last block
+    x[3] = 0.0  # all tied
+    x[4, [1500 % vocab, 1024 % vocab]] = 60.0  # ties across blocks
+    assert torch.equal(argmax(x), torch.argmax(x, dim=-1))
+    assert torch.equal(argmax(x.bfloat16().float()), torch.argmax(x.bfloat16().float(), dim=-1))
 
 
 def test_seeded_sampling_is_reproducible_and_batch_independent():

@@ -23,6 +23,7 @@ import torch
 
 from r1kit.errors import R1kitError
 from r1kit.generation.sampling import SamplingParams, make_generator, sample
+from r1kit.models.linear import packed_weights
 from r1kit.reasoning import prompt_opens_think, split_reasoning
 
 
@@ -124,10 +125,11 @@ class Engine:
             if not self._cache_ready:
                 self.model.setup_cache(self.max_batch_size, self.max_seq_len)
                 self._cache_ready = True
-            admitted = self._admit()
-            decoding = [r for r in self.running if r not in admitted and not r.done]
-            if decoding:
-                self._decode(decoding)
+            with packed_weights(self.model):  # bf16 on CPU: oneDNN-packed weights (models/linear.py)
+                admitted = self._admit()
+                decoding = [r for r in self.running if r not in admitted and not r.done]
+                if decoding:
+                    self._decode(decoding)
         finally:
             self.model.train(was_training)
         touched = admitted + decoding

@@ -57,14 +57,35 @@ def sample(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (B, V) -> next tokens (B,) and their log-probabilities (B,) under the temperature-scaled policy."""
     logits = logits.float()
+    if all(p.temperature == 0 for p in params):  # greedy: no (B, V) log-softmax to materialize
+        tokens = argmax(logits)
+        return tokens, logits.gather(1, tokens[:, None]).squeeze(1) - logits.logsumexp(dim=-1)
     temps = torch.tensor([p.temperature for p in params])
     greedy = temps == 0
-    logp = torch.log_softmax(logits / torch.where(greedy, 1.0, temps)[:, None], dim=-1)  # (B, V)
-    tokens = logits.argmax(dim=-1)
-    if not greedy.all():
-        sampled = _sample_filtered(logp, params, generators)
-        tokens = torch.where(greedy, tokens, sampled)
+    if not all(p.temperature in (0, 1) for p in params):
+        logits = logits / torch.where(greedy, 1.0, temps)[:, None]
+    logp = torch.log_softmax(logits, dim=-1)  # (B, V)
+    tokens = torch.where(greedy, argmax(logits), _sample_filtered(logp, params, generators))
     return tokens, logp.gather(1, tokens[:, None]).squeeze(1)
+
+
+def argmax(x: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """(B, V) -> (B,): the first index of each row's maximum, as `torch.argmax`, several times faster on CPU.
+
+    A CPU argmax over a 50K-150K vocabulary is a scalar loop (about 1 ms for 16 rows of 49K); `amax` is
+    vectorized. So take the max of each block of `block` columns, pick the first block holding the row's max,
+    and run argmax over that block alone."""
+    B, V = x.shape
+    n_blocks = V // block
+    if n_blocks < 2:
+        return x.argmax(dim=-1)
+    x = x.contiguous()
+    maxima = x.as_strided((B, n_blocks, block), (V, block, 1)).amax(dim=-1)  # (B, n_blocks)
+    if n_blocks * block < V:  # the short last block
+        maxima = torch.cat([maxima, x[:, n_blocks * block:].amax(dim=-1, keepdim=True)], dim=1)
+    start = maxima.argmax(dim=-1) * block  # (B,)
+    cols = (start[:, None] + torch.arange(block)).clamp(max=V - 1)  # clamped repeats come after the real last
+    return start + x.gather(1, cols).argmax(dim=-1)
 
 
 def _sample_filtered(logp: torch.Tensor, params: list[SamplingParams], generators) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from r1kit.models.config import ModelConfig
+from r1kit.models.linear import Linear
 from r1kit.models.rope import apply_rope
 
 
@@ -31,9 +32,8 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused kernel
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.type_as(x)  # normalize in fp32, scale in the model dtype (as HF does)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), None, self.eps)
+        return self.weight * normed.type_as(x)  # normalize in fp32, scale in the model dtype (as HF does)
 
 
 @dataclass
@@ -79,15 +79,15 @@ class MLA(nn.Module):
             cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim)
         qk_head_dim = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
         if self.q_lora_rank == 0:
-            self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * qk_head_dim, bias=False)
+            self.q_proj = Linear(cfg.dim, cfg.n_heads * qk_head_dim, bias=False)
         else:
-            self.q_a_proj = nn.Linear(cfg.dim, cfg.q_lora_rank, bias=False)  # W_DQ
+            self.q_a_proj = Linear(cfg.dim, cfg.q_lora_rank, bias=False)  # W_DQ
             self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps)
-            self.q_b_proj = nn.Linear(cfg.q_lora_rank, cfg.n_heads * qk_head_dim, bias=False)  # W_UQ
-        self.kv_a_proj_with_mqa = nn.Linear(cfg.dim, cfg.kv_lora_rank + cfg.qk_rope_head_dim, bias=False)  # W_DKV
+            self.q_b_proj = Linear(cfg.q_lora_rank, cfg.n_heads * qk_head_dim, bias=False)  # W_UQ
+        self.kv_a_proj_with_mqa = Linear(cfg.dim, cfg.kv_lora_rank + cfg.qk_rope_head_dim, bias=False)  # W_DKV
         self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, cfg.norm_eps)
-        self.kv_b_proj = nn.Linear(cfg.kv_lora_rank, cfg.n_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False)
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.v_head_dim, cfg.dim, bias=False)
+        self.kv_b_proj = Linear(cfg.kv_lora_rank, cfg.n_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False)
+        self.o_proj = Linear(cfg.n_heads * cfg.v_head_dim, cfg.dim, bias=False)
         self.softmax_scale = cfg.softmax_scale
         self.cache_kv: torch.Tensor | None = None  # (B_max, S, kv_lora_rank)
         self.cache_pe: torch.Tensor | None = None  # (B_max, S, qk_rope_head_dim)
@@ -143,10 +143,10 @@ class GQA(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.q_proj = Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.softmax_scale = cfg.softmax_scale
         self.cache_k: torch.Tensor | None = None  # (B_max, S, H_kv, hd)
         self.cache_v: torch.Tensor | None = None

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from r1kit.models.config import ModelConfig
+from r1kit.models.linear import Linear
 
 
 class MLP(nn.Module):
@@ -26,9 +27,9 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, inter_dim: int):
         super().__init__()
-        self.gate_proj = nn.Linear(dim, inter_dim, bias=False)  # w1
-        self.up_proj = nn.Linear(dim, inter_dim, bias=False)  # w3
-        self.down_proj = nn.Linear(inter_dim, dim, bias=False)  # w2
+        self.gate_proj = Linear(dim, inter_dim, bias=False)  # w1
+        self.up_proj = Linear(dim, inter_dim, bias=False)  # w3
+        self.down_proj = Linear(inter_dim, dim, bias=False)  # w2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -18,6 +18,7 @@ from torch import nn
 
 from r1kit.models.attention import GQA, MLA, AttentionContext, RMSNorm
 from r1kit.models.config import ModelConfig
+from r1kit.models.linear import Linear
 from r1kit.models.moe import MLP, MoE
 from r1kit.models.rope import rope_tables
 
@@ -44,7 +45,7 @@ class MTPModule(nn.Module):
         super().__init__()
         self.enorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.hnorm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.eh_proj = nn.Linear(2 * cfg.dim, cfg.dim, bias=False)
+        self.eh_proj = Linear(2 * cfg.dim, cfg.dim, bias=False)
         self.block = Block(layer_id, cfg)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
@@ -60,7 +61,7 @@ class Transformer(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(i, cfg) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.mtp = nn.ModuleList(MTPModule(cfg.n_layers + k, cfg) for k in range(cfg.n_mtp_layers))
