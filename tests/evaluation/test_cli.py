@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 import r1kit
 from r1kit.cli import main
 
@@ -13,7 +15,7 @@ def test_eval_json_and_table(tmp_path, monkeypatch, capsys, fake, tok):
     data.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n"
                     + json.dumps({"question": "2+2?", "answer": "#### 4"}) + "\n")
     gen = fake(lambda text, seed: "\\boxed{2}")  # right on the first problem only
-    monkeypatch.setattr(r1kit, "load_model", lambda src: object(), raising=False)
+    monkeypatch.setattr(r1kit, "load_model", lambda src, dtype=None: torch.nn.Identity(), raising=False)
     monkeypatch.setattr(r1kit, "load_tokenizer", lambda src: tok, raising=False)
     monkeypatch.setattr(r1kit, "generate", gen, raising=False)
     out = tmp_path / "out"

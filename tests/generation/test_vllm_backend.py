@@ -217,3 +217,22 @@ def test_vllm_update_weights_pushes_the_trainers_weights(pair):
     finally:
         engine.update_weights(model)
     assert engine.generate(PROMPTS[:1], sp)[0].token_ids == before.token_ids
+
+
+@needs_vllm
+def test_public_generate_dispatches_to_vllm(pair):
+    model, tok, engine = pair
+    prompts = PROMPTS[1:]
+    got = r1kit.generate(engine, None, prompts, max_new_tokens=16, temperature=0)
+    expected = r1kit.generate(model, tok, prompts, max_new_tokens=16, temperature=0)
+    for g, e in zip(got, expected):
+        assert_same(g, e)
+
+
+def test_cli_backend_vllm_without_vllm_is_a_one_line_error(monkeypatch, capsys):
+    from r1kit.cli import main
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    code = main(["generate", "--model", "some/hf-dir", "--prompt", "hi", "--backend", "vllm"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "vllm" in err.lower()

@@ -7,6 +7,7 @@ import json
 import re
 
 from r1kit.evaluation.harness import EvalConfig
+from r1kit.generation.cli import add_backend_args, load_backend
 
 # argparse dest -> EvalConfig field; defaults stay in EvalConfig (argparse defaults are None = "not given").
 _FIELDS = (
@@ -63,7 +64,10 @@ def register(subparsers) -> None:
     p.add_argument("--level", type=int, help=f"synthetic task difficulty 1-5 (default {d.level})")
     p.add_argument("--out", help="output directory (default runs/eval/<model>__<benchmark>)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="model weights; bfloat16 decodes on oneDNN-packed weights on CPU (faster, not bit-exact)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_backend_args(p)
     p.set_defaults(func=_run)
 
 
@@ -86,7 +90,6 @@ def format_table(summary: dict, out_dir: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from r1kit import load_model, load_tokenizer
     from r1kit.evaluation.benchmarks import get_benchmark, load_problems
     from r1kit.evaluation.harness import evaluate
 
@@ -97,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
         bench, data=config.data, limit=1, seed=config.seed, level=config.level
     )  # fail before loading
     out_dir = args.out or f"runs/eval/{_slug(args.model)}__{_slug(bench.name)}"
-    model, tokenizer = load_model(args.model), load_tokenizer(args.model)
+    model, tokenizer = load_backend(args)
     summary = evaluate(
         model,
         tokenizer,

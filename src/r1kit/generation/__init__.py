@@ -1,12 +1,13 @@
-"""Generation: `generate` (the public one-call API) over the reusable `Engine`."""
+"""Generation: `generate` (the public one-call API) over the reusable `Engine`, or over vLLM (`VLLMEngine`)."""
 
 from __future__ import annotations
 
 from r1kit.generation.engine import Completion, Engine, Request
 from r1kit.generation.sampling import SamplingParams
+from r1kit.generation.vllm_backend import VLLMEngine  # imports vllm only when one is built
 from r1kit.reasoning import split_reasoning
 
-__all__ = ["Completion", "Engine", "Request", "SamplingParams", "generate", "split_reasoning"]
+__all__ = ["Completion", "Engine", "Request", "SamplingParams", "VLLMEngine", "generate", "split_reasoning"]
 
 
 def generate(
@@ -25,6 +26,8 @@ def generate(
 ) -> list[Completion]:
     """Generate one completion per prompt (design.md §3).
 
+    model: an r1kit model, or a `VLLMEngine` (then vLLM generates, with the same contract; `tokenizer` may be
+        None, the engine's own is used).
     prompts: templated strings, or chat message lists (the tokenizer's chat template is applied).
     seed: an int (prompt i uses seed + i), a list with one seed per prompt, or None (unseeded).
     Temperature 0 is greedy. Batching, caching and stopping happen inside.
@@ -40,6 +43,8 @@ def generate(
     params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                              min_p=min_p, seed=s, stop=list(stop) if isinstance(stop, list) else stop or [])
               for s in seeds]
+    if isinstance(model, VLLMEngine):
+        return model.generate(prompts, params)
     engine = Engine(model, tokenizer, max_batch_size=max(1, min(len(prompts), max_batch_size)))
     encoded = [engine.encode(p)[0] for p in prompts]
     # a cache just long enough for the longest prompt plus its new tokens, rounded up so shapes repeat

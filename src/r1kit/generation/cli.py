@@ -16,7 +16,33 @@ def _sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="model weights; bfloat16 decodes on oneDNN-packed weights on CPU (faster, not bit-exact)")
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    """`--backend vllm` and the vLLM engine's sizing flags (shared by `generate` and `eval`)."""
+    g = p.add_argument_group("vLLM backend (GPU machines with vllm installed; see docs/vllm.md)")
+    g.add_argument("--backend", choices=["r1kit", "vllm"], default="r1kit",
+                   help="vllm: generate with vLLM; --model must then be an HF checkpoint directory or model id")
+    g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    g.add_argument("--tensor-parallel-size", type=int, default=1)
+    g.add_argument("--max-model-len", type=int, default=None, help="default: the checkpoint's context length")
+
+
+def load_backend(args):
+    """(model, tokenizer): an r1kit model in args.dtype, or a VLLMEngine when args.backend == 'vllm'."""
+    import torch
+
+    from r1kit import load_model, load_tokenizer
+
+    if getattr(args, "backend", "r1kit") == "vllm":
+        from r1kit.generation import VLLMEngine
+
+        engine = VLLMEngine(args.model, dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
+                            tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len)
+        return engine, engine.tokenizer
+    return load_model(args.model, dtype=getattr(torch, args.dtype)).eval(), load_tokenizer(args.model)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--json", action="store_true", help='print {"text","reasoning","answer","finish_reason","tokens"}')
+    add_backend_args(p)
     p.set_defaults(func=_generate)
 
     c = sub.add_parser("chat", help="interactive multi-turn chat in the terminal",
@@ -37,15 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args):
-    import torch
-
-    from r1kit import load_model, load_tokenizer
     from r1kit.generation import SamplingParams
 
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, min_p=args.min_p, seed=args.seed, stop=getattr(args, "stop", []))
-    model = load_model(args.model, dtype=getattr(torch, args.dtype)).eval()
-    return model, load_tokenizer(args.model), params
+    return (*load_backend(args), params)
 
 
 def _messages(args, history: list[dict], user: str) -> list[dict]:
@@ -54,11 +77,11 @@ def _messages(args, history: list[dict], user: str) -> list[dict]:
 
 
 def _generate(args) -> int:
-    from r1kit.generation import Engine
+    from r1kit.generation import Engine, VLLMEngine
 
     model, tok, params = _load(args)
     prompt = args.prompt if args.raw else _messages(args, [], args.prompt)
-    engine = Engine(model, tok, max_batch_size=1)
+    engine = model if isinstance(model, VLLMEngine) else Engine(model, tok, max_batch_size=1)
     c = engine.generate([prompt], params)[0]
     if args.json:
         print(json.dumps({"text": c.text, "reasoning": c.reasoning, "answer": c.answer,
