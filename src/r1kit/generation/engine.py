@@ -23,7 +23,7 @@ import torch
 
 from r1kit.errors import R1kitError
 from r1kit.generation.sampling import SamplingParams, make_generator, sample
-from r1kit.models.linear import packed_weights
+from r1kit.models.linear import PackedLinears
 from r1kit.reasoning import prompt_opens_think, split_reasoning
 
 
@@ -79,6 +79,7 @@ class Engine:
         self.free_rows = list(range(max_batch_size))
         self._ids = itertools.count()
         self._cache_ready = False
+        self._packed = PackedLinears(model)
         self.last_completion: Completion | None = None  # of the last `stream` call
 
     # ---- requests ---------------------------------------------------------------------------------------------
@@ -120,18 +121,20 @@ class Engine:
     def step(self) -> list[Request]:
         """Admit waiting requests, then decode one token for every running one. Returns the requests touched."""
         was_training = self.model.training
-        self.model.eval()
+        if was_training:
+            self.model.eval()
         try:
             if not self._cache_ready:
                 self.model.setup_cache(self.max_batch_size, self.max_seq_len)
                 self._cache_ready = True
-            with packed_weights(self.model):  # bf16 on CPU: oneDNN-packed weights (models/linear.py)
+            with self._packed.active():  # bf16 on CPU: oneDNN-packed weights (models/linear.py)
                 admitted = self._admit()
                 decoding = [r for r in self.running if r not in admitted and not r.done]
                 if decoding:
                     self._decode(decoding)
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()
         touched = admitted + decoding
         for req in touched:
             if req.done:

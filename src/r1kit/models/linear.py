@@ -58,27 +58,38 @@ def packing_supported(model: nn.Module) -> bool:
             and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-@contextmanager
-def packed_weights(model: nn.Module) -> Iterator[None]:
-    """Run the model's `Linear` layers on packed weights inside the block (no-op where packing is unsupported).
+class PackedLinears:
+    """The `Linear` layers of one model, run on packed weights inside `active()` (a no-op where unsupported).
 
-    Packs each weight the first time and again whenever it has changed since; the block must not need autograd.
-    """
-    if not packing_supported(model):
-        yield
-        return
-    layers = [m for m in model.modules() if isinstance(m, Linear)]
-    for layer in layers:
-        if layer.packed is None or layer.packed.key != _version_key(layer.weight, layer.bias):
-            layer.packed = PackedWeight(layer.weight, layer.bias)
-        layer.packed.active = True
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.packed.active = False
+    Each weight is packed the first time and again whenever it has changed since. Build one per long-lived
+    caller (the engine) so the layer list is collected once; the block must not need autograd."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.layers = [m for m in model.modules() if isinstance(m, Linear)]
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        if not packing_supported(self.model):
+            yield
+            return
+        for layer in self.layers:
+            if layer.packed is None or layer.packed.key != _version_key(layer.weight, layer.bias):
+                layer.packed = PackedWeight(layer.weight, layer.bias)
+            layer.packed.active = True
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                layer.packed.active = False
+
+
+def packed_weights(model: nn.Module):
+    """`with packed_weights(model):` runs the model's linears on packed weights for the block."""
+    return PackedLinears(model).active()
 
 
 def _version_key(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
-    return tuple((t.data_ptr(), 0 if t.is_inference() else t._version, t.dtype) for t in (weight, bias)
-                 if t is not None)  # inference tensors keep no version counter
+    # a new storage (load, dtype change) moves data_ptr; an in-place update bumps _version (inference tensors
+    # keep no version counter, and cannot be updated outside inference mode)
+    return tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in (weight, bias) if t is not None)
