@@ -1,5 +1,6 @@
 """The GRPO recipe end to end on the toy model: it learns, it resumes exactly, it rejects bad configs early."""
 
+import importlib.util
 import json
 import shutil
 
@@ -29,7 +30,7 @@ def toy_config(tmp_path, **overrides):
         "data": {"tasks": ["addition"], "level": 2, "num_train": 64, "num_test": 8},
     }
     for k, v in overrides.items():
-        base[k] = {**base[k], **v} if isinstance(v, dict) else v
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
     return load_config(GRPOConfig, overrides=base)
 
 
@@ -71,6 +72,29 @@ def test_resume_after_interruption_reproduces_metrics(tmp_path, sevens_reward):
                 assert b[k] == (a[k] if a[k] is None else pytest.approx(a[k], rel=1e-5, abs=1e-7)), (a["step"], k)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+def test_vllm_rollouts_follow_the_policy_after_every_step(tmp_path, sevens_reward, monkeypatch):
+    """With rollout_backend=vllm the policy's weights are pushed into vLLM after each optimizer step: the
+    log-probs vLLM sampled with then match the trainer's own, step after step, while a large learning rate
+    moves the weights (a missed sync would show as a diff of the size of the update)."""
+    import r1kit
+    from r1kit.models.config import get_preset
+    from r1kit.models.transformer import Transformer
+    from r1kit.tokenizer import toy_tokenizer
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    cfg = get_preset("toy-dense").replace(dim=128, n_heads=4, n_kv_heads=2, head_dim=0, max_seq_len=256)
+    torch.manual_seed(0)
+    path = r1kit.save_model(Transformer(cfg), tmp_path / "init", tokenizer=toy_tokenizer())
+    config = toy_config(tmp_path, model=str(path), run={"steps": 4, "save_every": 4}, rollout_backend="vllm",
+                        vllm={"dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.3})
+    train(config)
+    steps = metrics(tmp_path / "run")
+    assert [m["step"] for m in steps] == [1, 2, 3, 4]
+    assert all(m["logprob_diff_max"] < 1e-3 for m in steps), [m["logprob_diff_max"] for m in steps]
+    assert steps[-1]["reward"] != steps[0]["reward"]
+
+
 def test_pack_layout():
     ids, attn, cmask, P = pack([[5, 6], [7]], [[1, 2, 3], [4]], pad_id=0)
     assert P == 2
@@ -86,6 +110,7 @@ def test_pack_layout():
     ({"optim": {"lr": "fast"}}, "optim.lr"),
     ({"learning_rate": 1e-5}, "learning_rate"),
     ({"data": {"tasks": ["poetry"]}}, "poetry"),
+    ({"rollout_backend": "sglang"}, "rollout_backend"),
 ])
 def test_config_errors_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field):

@@ -13,7 +13,12 @@ DAPO dynamic sampling (drop zero-std groups, draw more questions), soft overlong
 accumulation (micro_batch_size), bf16 autocast and activation checkpointing (run.dtype,
 run.gradient_checkpointing). MoE policies update their router bias after every optimizer step.
 
-Left out: a value model (GRPO has none), multi-process rollout workers (use the vLLM backend on GPU).
+Rollouts run on r1kit's engine by default. With `rollout_backend: vllm` (GPU machines) they run on a colocated
+vLLM engine started from the policy's weights, and the policy's weights are pushed into it after every
+optimizer step (`VLLMEngine.update_weights`); the trainer recomputes every log-prob it optimizes, and tis_cap
+corrects for what differs between the two engines' kernels.
+
+Left out: a value model (GRPO has none), rollout workers on other GPUs or nodes.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ class GRPOConfig:
     max_new_tokens: int = 128
     temperature: float = 1.0
     top_p: float = 1.0
+    rollout_backend: str = "r1kit"  # r1kit | vllm
+    vllm: dict = field(default_factory=lambda: {"gpu_memory_utilization": 0.3})  # VLLMEngine options
     # rewards: name -> weight (see r1kit.rewards.REWARDS)
     rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.2})
     # objective
@@ -77,6 +84,8 @@ class GRPOConfig:
         for name in ("questions_per_step", "max_new_tokens", "num_iterations", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+        if self.rollout_backend not in ("r1kit", "vllm"):
+            raise ConfigError(f"rollout_backend must be r1kit|vllm, got {self.rollout_backend!r}")
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0 for GRPO rollouts")
         self.loss_config()  # validates loss_type, epsilons, beta
@@ -295,8 +304,11 @@ def train(cfg: GRPOConfig) -> dict:
         ref_model.eval().requires_grad_(False)
     batch = cfg.questions_per_step * cfg.num_generations
     prompt_room = max(len(run.tokenizer(ex["question"]).input_ids) for ex in train_set[:200]) + 96
-    engine = Engine(run.model, run.tokenizer, max_batch_size=batch,
-                    max_seq_len=min(run.model.config.max_seq_len, prompt_room + cfg.max_new_tokens + 1))
+    max_seq_len = min(run.model.config.max_seq_len, prompt_room + cfg.max_new_tokens + 1)
+    if cfg.rollout_backend == "vllm":
+        engine = vllm_rollout_engine(run, cfg, max_seq_len)
+    else:
+        engine = Engine(run.model, run.tokenizer, max_batch_size=batch, max_seq_len=max_seq_len)
     loss_cfg = cfg.loss_config()
     last: dict = {}
     with MetricsLogger(run.dir, total_steps=cfg.run.steps, start_step=run.start_step,
@@ -308,6 +320,8 @@ def train(cfg: GRPOConfig) -> dict:
             t0 = time.perf_counter()
             r, frac_zero_std = collect(engine, train_set, cfg, step)
             metrics = policy_update(run, cfg, r, ref_model, loss_cfg)
+            if cfg.rollout_backend == "vllm":
+                engine.update_weights(run.model)
             lengths = torch.tensor([len(c.token_ids) for c in r.completions], dtype=torch.float)
             record = {
                 "reward": r.rewards.mean().item(), "reward_std": r.rewards.std().item(),
@@ -333,6 +347,16 @@ def train(cfg: GRPOConfig) -> dict:
     finish_run(run, ["reward", "accuracy", "eval_accuracy", "completion_len", "kl", "entropy", "frac_zero_std",
                      "expert_load_max"])
     return last
+
+
+def vllm_rollout_engine(run, cfg: GRPOConfig, max_seq_len: int):
+    """A colocated VLLMEngine started from the policy's current weights (fresh or resumed), saved once to disk."""
+    from r1kit.generation import VLLMEngine
+    from r1kit.models.checkpoint import save_model
+
+    path = save_model(run.model, run.dir / "vllm-init", tokenizer=run.tokenizer)
+    options = {"max_model_len": max_seq_len, "seed": cfg.run.seed, **cfg.vllm}
+    return VLLMEngine(path, run.tokenizer, **options)
 
 
 def _mean(values) -> float | None:
