@@ -52,6 +52,24 @@ def test_weight_changes_are_picked_up_and_autograd_is_untouched():
     assert (after - before).abs().max() > 0.1
 
 
+def test_models_that_ran_packed_still_copy_and_pickle(tmp_path):
+    import copy
+
+    layer = Linear(16, 8).to(torch.bfloat16)
+    x = torch.randn(2, 16).to(torch.bfloat16)
+    with torch.no_grad(), packed_weights(layer):
+        expected = layer(x)
+    for clone in (copy.deepcopy(layer), torch.load(_saved(layer, tmp_path), weights_only=False)):
+        assert clone.packed is None  # the cache is dropped, the weights are not
+        with torch.no_grad(), packed_weights(clone):
+            assert torch.equal(clone(x), expected)
+
+
+def _saved(module, tmp_path):
+    torch.save(module, tmp_path / "m.pt")
+    return tmp_path / "m.pt"
+
+
 def test_fp32_models_are_left_alone():
     layer = Linear(8, 8)
     with packed_weights(layer):

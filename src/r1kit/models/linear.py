@@ -36,6 +36,9 @@ class PackedWeight:
         self.out_features = weight.shape[0]
         self.active = False
 
+    def __reduce__(self):  # a cache: copies and pickles of the model drop it (oneDNN's tensor has no storage)
+        return _dropped, ()
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.weight, self.bias, "none", [], "")
         return y.view(*x.shape[:-1], self.out_features)
@@ -87,6 +90,10 @@ class PackedLinears:
 def packed_weights(model: nn.Module):
     """`with packed_weights(model):` runs the model's linears on packed weights for the block."""
     return PackedLinears(model).active()
+
+
+def _dropped() -> None:
+    return None
 
 
 def _version_key(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
