@@ -3,7 +3,8 @@
 Greedy, `--new-tokens` tokens per sequence (EOS ignored by both so lengths match), batch 1 and batch 16 of
 the same chat prompts, on CPU, in each of `--dtypes` (both libraries in the same dtype; the runs are interleaved
 so machine noise hits both alike). Throughput counts prompt processing too (time to the last token). Also prints
-r1kit's batch-1 decode against the memory-bandwidth bound (weight bytes read per token / measured copy bandwidth).
+r1kit's batch-1 decode against the memory-bandwidth bound (weight bytes read per token / measured copy bandwidth), and, for fp32, r1kit with bf16 matmuls on packed
+weights (GRPO's `rollout_dtype: bfloat16`).
 
     .venv/bin/python benchmarks/bench_decode.py [--new-tokens 128] [--batches 1 16] [--dtypes fp32 bf16] [--repeats 3]
 """
@@ -64,20 +65,31 @@ def bench_dtype(args, dtype_name: str) -> None:
         def run_ours(engine=engine, ids=ids, params=params):
             return engine.generate(ids, params)
 
+        # fp32 weights with bf16 matmuls on packed weights: how GRPO's `rollout_dtype: bfloat16` samples
+        mixed = Engine(ours, tok, max_batch_size=batch, max_seq_len=max(map(len, ids)) + n + 1,
+                       matmul_dtype=torch.bfloat16) if dtype == torch.float32 else None
+
+        def run_mixed(engine=mixed, ids=ids, params=params):
+            return engine.generate(ids, params)
+
         def run_ref(enc=enc):
             with torch.inference_mode():
                 return ref.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                     pad_token_id=tok.pad_token_id or 0)
 
-        rates = {"r1kit": [], "transformers": []}
+        runners = {"r1kit": run_ours, "transformers": run_ref, **({"mixed": run_mixed} if mixed else {})}
+        rates = {name: [] for name in runners}
         for _ in range(args.repeats):
-            for name, fn in (("r1kit", run_ours), ("transformers", run_ref)):
+            for name, fn in runners.items():
                 t0 = time.perf_counter()
                 fn()
                 rates[name].append(batch * n / (time.perf_counter() - t0))
         best = {k: max(v) for k, v in rates.items()}
         print(f"{dtype_name} batch {batch:>2}: r1kit {best['r1kit']:.1f} tok/s, transformers {best['transformers']:.1f} tok/s, "
               f"ratio {best['r1kit'] / best['transformers']:.2f}")
+        if mixed:
+            print(f"{dtype_name} batch {batch:>2}: r1kit with bf16 matmuls {best['mixed']:.1f} tok/s, "
+                  f"ratio {best['mixed'] / best['transformers']:.2f}")
         if batch == 1:
             weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
             bound = copy_bandwidth() / weight_bytes

@@ -95,3 +95,28 @@ def test_bf16_engine_follows_the_full_forward_argmax(preset):
         assert (logits.argmax(-1)[clear] == chosen[clear]).all()
         checked += int(clear.sum())
     assert checked >= 20  # of 72 steps; random toy models have many near-ties
+
+
+def test_fp32_model_with_bf16_matmuls():
+    """Mixed precision (GRPO rollouts): an fp32 model's linears run on bf16 packed weights, outputs back in fp32."""
+    layer = Linear(96, 64)
+    x = torch.randn(5, 96)
+    reference = x.bfloat16().float() @ layer.weight.bfloat16().float().T + layer.bias.bfloat16().float()
+    with torch.no_grad(), packed_weights(layer, torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.float32
+    assert ((out - reference).abs() <= 2 * bf16_ulp(reference) + 1e-3).all()  # bf16 operands, one bf16 rounding
+    assert (out - F.linear(x, layer.weight, layer.bias)).abs().max() > 0  # it really ran in bf16
+
+
+def test_mixed_precision_engine_logprobs_stay_close_to_fp32():
+    model = r1kit.load_model("toy-dense").eval()
+    tok = toy_tokenizer()
+    ids = [5, 17, 40, 33, 9, 12]
+    engine = Engine(model, tok, max_batch_size=1, max_seq_len=64, matmul_dtype=torch.bfloat16)
+    c = engine.generate([ids], SamplingParams(max_new_tokens=20, temperature=1.0, seed=0, ignore_eos=True))[0]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids + c.token_ids]))[0, len(ids) - 1:-1], dim=-1)
+    exact = logp.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
+    diff = (torch.tensor(c.logprobs) - exact).abs()
+    assert 0 < diff.max() < 0.05  # bf16 rounding, not a different policy

@@ -95,6 +95,12 @@ def test_vllm_rollouts_follow_the_policy_after_every_step(tmp_path, sevens_rewar
     assert steps[-1]["reward"] != steps[0]["reward"]
 
 
+def test_bf16_rollouts_differ_from_the_trainer_by_rounding_only(tmp_path, sevens_reward):
+    train(toy_config(tmp_path, run={"steps": 3, "save_every": 3}, rollout_dtype="bfloat16", tis_cap=2.0))
+    diffs = [m["logprob_diff_max"] for m in metrics(tmp_path / "run")]
+    assert all(0 < d < 0.1 for d in diffs), diffs  # fp32 rollouts agree to ~1e-6 (test above)
+
+
 def test_pack_layout():
     ids, attn, cmask, P = pack([[5, 6], [7]], [[1, 2, 3], [4]], pad_id=0)
     assert P == 2
@@ -111,6 +117,7 @@ def test_pack_layout():
     ({"learning_rate": 1e-5}, "learning_rate"),
     ({"data": {"tasks": ["poetry"]}}, "poetry"),
     ({"rollout_backend": "sglang"}, "rollout_backend"),
+    ({"rollout_dtype": "float16"}, "rollout_dtype"),
 ])
 def test_config_errors_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from functools import partial
 
 from r1kit.evaluation.harness import EvalConfig
-from r1kit.generation.cli import add_backend_args, load_backend
+from r1kit.generation.cli import add_backend_args, add_precision_args, load_backend, matmul_dtype
 
 # argparse dest -> EvalConfig field; defaults stay in EvalConfig (argparse defaults are None = "not given").
 _FIELDS = (
@@ -64,8 +65,7 @@ def register(subparsers) -> None:
     p.add_argument("--level", type=int, help=f"synthetic task difficulty 1-5 (default {d.level})")
     p.add_argument("--out", help="output directory (default runs/eval/<model>__<benchmark>)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="model weights; bfloat16 decodes on oneDNN-packed weights on CPU (faster, not bit-exact)")
+    add_precision_args(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_backend_args(p)
     p.set_defaults(func=_run)
@@ -90,6 +90,7 @@ def format_table(summary: dict, out_dir: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import r1kit
     from r1kit.evaluation.benchmarks import get_benchmark, load_problems
     from r1kit.evaluation.harness import evaluate
 
@@ -109,6 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         out_dir=out_dir,
         model_id=args.model,
         progress=not args.no_progress,
+        generate_fn=partial(r1kit.generate, matmul_dtype=matmul_dtype(args)) if matmul_dtype(args) else None,
     )
     print(json.dumps(summary, indent=2) if args.json else format_table(summary, out_dir))
     return 0

@@ -23,6 +23,7 @@ def generate(
     seed: int | list[int] | None = None,
     stop: list[str] | str | None = None,
     max_batch_size: int = 32,
+    matmul_dtype=None,
 ) -> list[Completion]:
     """Generate one completion per prompt (design.md §3).
 
@@ -31,6 +32,7 @@ def generate(
     prompts: templated strings, or chat message lists (the tokenizer's chat template is applied).
     seed: an int (prompt i uses seed + i), a list with one seed per prompt, or None (unseeded).
     Temperature 0 is greedy. Batching, caching and stopping happen inside.
+    matmul_dtype: torch.bfloat16 runs an fp32 model's linear layers in bf16 on packed weights (see `Engine`).
     """
     if isinstance(seed, int):
         seeds = [seed + i for i in range(len(prompts))]
@@ -45,7 +47,8 @@ def generate(
               for s in seeds]
     if isinstance(model, VLLMEngine):
         return model.generate(prompts, params)
-    engine = Engine(model, tokenizer, max_batch_size=max(1, min(len(prompts), max_batch_size)))
+    engine = Engine(model, tokenizer, max_batch_size=max(1, min(len(prompts), max_batch_size)),
+                    matmul_dtype=matmul_dtype)
     encoded = [engine.encode(p)[0] for p in prompts]
     # a cache just long enough for the longest prompt plus its new tokens, rounded up so shapes repeat
     need = max(len(ids) for ids in encoded) + max_new_tokens + 1

@@ -16,8 +16,21 @@ def _sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
+    add_precision_args(p)
+
+
+def add_precision_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="model weights; bfloat16 decodes on oneDNN-packed weights on CPU (faster, not bit-exact)")
+    p.add_argument("--bf16-matmuls", action="store_true",
+                   help="keep the weights in --dtype but run the linear layers in bf16 on packed weights: the "
+                        "fastest CPU setting measured (benchmarks/bench_decode.py); not bit-exact")
+
+
+def matmul_dtype(args):
+    import torch
+
+    return torch.bfloat16 if getattr(args, "bf16_matmuls", False) else None
 
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:
@@ -81,7 +94,8 @@ def _generate(args) -> int:
 
     model, tok, params = _load(args)
     prompt = args.prompt if args.raw else _messages(args, [], args.prompt)
-    engine = model if isinstance(model, VLLMEngine) else Engine(model, tok, max_batch_size=1)
+    engine = model if isinstance(model, VLLMEngine) else Engine(model, tok, max_batch_size=1,
+                                                                 matmul_dtype=matmul_dtype(args))
     c = engine.generate([prompt], params)[0]
     if args.json:
         print(json.dumps({"text": c.text, "reasoning": c.reasoning, "answer": c.answer,
@@ -127,7 +141,7 @@ def _chat(args) -> int:
     from r1kit.generation import Engine
 
     model, tok, params = _load(args)
-    engine = Engine(model, tok, max_batch_size=1)
+    engine = Engine(model, tok, max_batch_size=1, matmul_dtype=matmul_dtype(args))
     history: list[dict] = []
     print("r1kit chat — Ctrl-C stops a reply, Ctrl-D or /exit quits, /reset clears the history.")
     while True:

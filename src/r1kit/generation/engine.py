@@ -66,7 +66,10 @@ class Request:
 
 class Engine:
     def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_seq_len: int | None = None,
-                 prefill_chunk: int = 512):
+                 prefill_chunk: int = 512, matmul_dtype: torch.dtype | None = None):
+        """matmul_dtype: torch.bfloat16 runs an fp32 model's linear layers in bf16 on packed weights (mixed-
+        precision rollouts: faster on CPUs with AMX, log-probs off by bf16 rounding); None keeps the model's
+        dtype (a bf16 model is packed anyway, see models/linear.py)."""
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.prefill_chunk = max_batch_size, prefill_chunk
         self.max_seq_len = min(max_seq_len or model.config.max_seq_len, model.config.max_seq_len)
@@ -79,7 +82,7 @@ class Engine:
         self.free_rows = list(range(max_batch_size))
         self._ids = itertools.count()
         self._cache_ready = False
-        self._packed = PackedLinears(model)
+        self._packed = PackedLinears(model, matmul_dtype)
         self.last_completion: Completion | None = None  # of the last `stream` call
 
     # ---- requests ---------------------------------------------------------------------------------------------

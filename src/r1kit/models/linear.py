@@ -10,7 +10,12 @@ The packed copy is a cache of the weight: it is rebuilt when the weight changes 
 tensor's version counter, a load swaps its storage), so GRPO can share one model between the trainer and the
 engine. It costs one extra copy of the weights in memory.
 
-Left out: fp32 (MKL's packed sgemm measured no faster than `F.linear` when decoding from memory), weight-only
+`PackedLinears(model, torch.bfloat16)` also packs the weights of an fp32 model, as bf16: its matmuls then run in
+bf16 (inputs cast down, outputs back up) and everything else in fp32. This is the mixed-precision rollout GRPO
+systems run (bf16 sampling, fp32 trainer); the log-probs differ from the trainer's by bf16 rounding, which
+truncated importance sampling corrects.
+
+Left out: packed fp32 matmuls (MKL's packed sgemm measured no faster than `F.linear` when decoding from memory), weight-only
 int8/int4, and fusing the q/k/v or gate/up projections into one matmul (measured 12-17% of matmul time on
 SmolLM2; not worth a second weight layout in the model).
 """
@@ -28,11 +33,12 @@ from torch import nn
 class PackedWeight:
     """A weight in oneDNN's blocked layout, with the version of the tensor it was packed from."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype = torch.bfloat16):
         self.key = _version_key(weight, bias)
+        self.dtype = dtype
         # 16: the batch size the layout is tuned for; measured as fast as 1 at batch 1 and faster at 4-16
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 16)
-        self.bias = None if bias is None else bias.detach()
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), 16)
+        self.bias = None if bias is None else bias.detach().to(dtype)
         self.out_features = weight.shape[0]
         self.active = False
 
@@ -40,8 +46,9 @@ class PackedWeight:
         return _dropped, ()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.weight, self.bias, "none", [], "")
-        return y.view(*x.shape[:-1], self.out_features)
+        x2d = x.reshape(-1, x.shape[-1]).to(self.dtype)  # no-op unless the model is fp32
+        y = torch.ops.mkldnn._linear_pointwise(x2d, self.weight, self.bias, "none", [], "")
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
 class Linear(nn.Linear):
@@ -54,30 +61,34 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
-def packing_supported(model: nn.Module) -> bool:
-    """True for a bf16 model on a CPU whose oneDNN has bf16 kernels."""
+def packing_supported(model: nn.Module, dtype: torch.dtype | None = None) -> bool:
+    """True for a CPU model whose matmuls would run in bf16 (dtype, default the model's) on oneDNN bf16 kernels."""
     weight = next(model.parameters(), None)
-    return (weight is not None and weight.device.type == "cpu" and weight.dtype == torch.bfloat16
+    return (weight is not None and weight.device.type == "cpu" and (dtype or weight.dtype) == torch.bfloat16
+            and weight.dtype in (torch.float32, torch.bfloat16)
             and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class PackedLinears:
     """The `Linear` layers of one model, run on packed weights inside `active()` (a no-op where unsupported).
 
-    Each weight is packed the first time and again whenever it has changed since. Build one per long-lived
-    caller (the engine) so the layer list is collected once; the block must not need autograd."""
+    dtype: the matmul dtype; None = the model's (packing then applies to bf16 models only), torch.bfloat16 = bf16
+    matmuls for an fp32 model too. Each weight is packed the first time and again whenever it has changed since.
+    Build one per long-lived caller (the engine) so the layer list is collected once; the block must not need
+    autograd."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None):
+        self.model, self.dtype = model, dtype
         self.layers = [m for m in model.modules() if isinstance(m, Linear)]
 
     @contextmanager
     def active(self) -> Iterator[None]:
-        if not packing_supported(self.model):
+        if not packing_supported(self.model, self.dtype):
             yield
             return
         for layer in self.layers:
-            if layer.packed is None or layer.packed.key != _version_key(layer.weight, layer.bias):
+            packed = layer.packed
+            if packed is None or packed.key != _version_key(layer.weight, layer.bias):
                 layer.packed = PackedWeight(layer.weight, layer.bias)
             layer.packed.active = True
         try:
@@ -87,9 +98,9 @@ class PackedLinears:
                 layer.packed.active = False
 
 
-def packed_weights(model: nn.Module):
+def packed_weights(model: nn.Module, dtype: torch.dtype | None = None):
     """`with packed_weights(model):` runs the model's linears on packed weights for the block."""
-    return PackedLinears(model).active()
+    return PackedLinears(model, dtype).active()
 
 
 def _dropped() -> None:

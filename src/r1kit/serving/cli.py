@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from r1kit.generation.cli import add_precision_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model over the OpenAI API (reasoning_content apart from content)",
@@ -26,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="context per request, prompt and reply (capped at the model's); sizes the KV cache")
     p.add_argument("--request-timeout", type=float, default=600.0,
                    help="seconds a request may take, queueing included; then it stops with finish_reason 'length'")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    add_precision_args(p)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_serve)
 
@@ -44,6 +46,7 @@ def _serve(args) -> int:
     from r1kit import load_model, load_tokenizer
     from r1kit.errors import ConfigError
     from r1kit.generation import Engine
+    from r1kit.generation.cli import matmul_dtype
     from r1kit.serving.app import ServerConfig, create_app
 
     for name in ("max_concurrency", "max_seq_len", "port"):
@@ -53,7 +56,7 @@ def _serve(args) -> int:
         raise ConfigError("--max-queue must be >= 0 and --request-timeout > 0")
     model = load_model(args.model, dtype=getattr(torch, args.dtype)).eval()
     engine = Engine(model, load_tokenizer(args.model), max_batch_size=args.max_concurrency,
-                    max_seq_len=args.max_seq_len)
+                    max_seq_len=args.max_seq_len, matmul_dtype=matmul_dtype(args))
     config = ServerConfig(model_name=args.served_model_name or served_name(args.model), api_key=args.api_key,
                           max_queue=args.max_queue, request_timeout_s=args.request_timeout)
     print(f"r1kit: serving '{config.model_name}' on http://{args.host}:{args.port}/v1 "
