@@ -3,7 +3,8 @@
 Settings shared by both (the issue's): 2 questions x G=8 completions per step, max 128 new tokens,
 temperature 0.7, beta 0.04 (so both keep a reference model), lr 1e-6, fp32 on the CPU, the same prompts
 (two-digit additions asked plainly) and the same reward (`last_number`: the last number of the reply equals
-the sum). Prints each system's seconds per step (median over the timed steps), its mean reward, and the ratio.
+the sum). Prints each system's seconds per step (median over the timed steps), its mean reward, and the ratio;
+also r1kit with `rollout_dtype: bfloat16` (bf16 matmuls while sampling, fp32 trainer, tis_cap 2).
 
     .venv/bin/python benchmarks/bench_grpo.py [--steps 3] [--skip-trl]
 """
@@ -36,7 +37,7 @@ def export_smollm2(directory: Path) -> Path:
     return directory
 
 
-def run_r1kit(model_dir: Path, steps: int, out: Path) -> tuple[list[float], list[float]]:
+def run_r1kit(model_dir: Path, steps: int, out: Path, **extra) -> tuple[list[float], list[float]]:
     from r1kit.config import load_config
     from r1kit.training.grpo import GRPOConfig, train
     from r1kit.training.metrics import read_metrics
@@ -46,7 +47,7 @@ def run_r1kit(model_dir: Path, steps: int, out: Path) -> tuple[list[float], list
         "temperature": 0.7, "beta": 0.04, "rewards": {"last_number": 1.0}, "micro_batch_size": 16,
         "data": {"tasks": ["addition"], "level": 2, "num_train": 200,
                  "prompt_template": PROMPT},
-        "optim": {"lr": 1e-6}, "run": {"output_dir": str(out), "steps": steps, "save_every": 10_000},
+        "optim": {"lr": 1e-6}, "run": {"output_dir": str(out), "steps": steps, "save_every": 10_000}, **extra,
     })
     train(cfg)
     records = [r for r in read_metrics(out) if "step_s" in r]
@@ -103,6 +104,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         model_dir = export_smollm2(Path(d) / "smollm2")
         results["r1kit"] = run_r1kit(model_dir, args.steps, Path(d) / "r1kit")
+        # r1kit's fastest CPU setting: rollouts with bf16 matmuls, the trainer in fp32, TIS for the difference
+        results["r1kit-bf16-rollouts"] = run_r1kit(model_dir, args.steps, Path(d) / "r1kit-bf16",
+                                                   rollout_dtype="bfloat16", tis_cap=2.0)
         if not args.skip_trl:
             results["trl"] = run_trl(model_dir, args.steps, Path(d) / "trl")
     print(f"GRPO on SmolLM2-135M: 2 questions x G=8, 128 new tokens, beta 0.04, fp32, {torch.get_num_threads()} "
@@ -113,7 +117,8 @@ def main() -> None:
         print(f"{name:>6}: {med[name]:.1f} s/step (steps: {', '.join(f'{t:.1f}' for t in times)}), "
               f"mean reward {sum(rewards) / max(len(rewards), 1):.3f}")
     if "trl" in med:
-        print(f"ratio trl/r1kit seconds per step: {med['trl'] / med['r1kit']:.2f}")
+        for name in ("r1kit", "r1kit-bf16-rollouts"):
+            print(f"ratio trl/{name} seconds per step: {med['trl'] / med[name]:.2f}")
     print(json.dumps({k: {"s_per_step": v} for k, v in med.items()}))
 
 
