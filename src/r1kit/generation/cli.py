@@ -20,14 +20,16 @@ def _sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
 
 
 def add_precision_args(p: argparse.ArgumentParser) -> None:
+    """`--dtype` and `--bf16-matmuls` (shared by generate, chat, eval and serve)."""
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="model weights; bfloat16 decodes on oneDNN-packed weights on CPU (faster, not bit-exact)")
+                   help="model weights; bfloat16 decodes on oneDNN-packed weights on CPU (not bit-exact)")
     p.add_argument("--bf16-matmuls", action="store_true",
-                   help="keep the weights in --dtype but run the linear layers in bf16 on packed weights: the "
+                   help="keep the weights in --dtype, run the linear layers in bf16 on packed weights: the "
                         "fastest CPU setting measured (benchmarks/bench_decode.py); not bit-exact")
 
 
 def matmul_dtype(args):
+    """The Engine's matmul_dtype for the parsed flags: torch.bfloat16 with --bf16-matmuls, else None."""
     import torch
 
     return torch.bfloat16 if getattr(args, "bf16_matmuls", False) else None
@@ -37,7 +39,7 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
     """`--backend vllm` and the vLLM engine's sizing flags (shared by `generate` and `eval`)."""
     g = p.add_argument_group("vLLM backend (GPU machines with vllm installed; see docs/vllm.md)")
     g.add_argument("--backend", choices=["r1kit", "vllm"], default="r1kit",
-                   help="vllm: generate with vLLM; --model must then be an HF checkpoint directory or model id")
+                   help="vllm: generate with vLLM; --model is then an HF checkpoint directory or model id")
     g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     g.add_argument("--tensor-parallel-size", type=int, default=1)
     g.add_argument("--max-model-len", type=int, default=None, help="default: the checkpoint's context length")

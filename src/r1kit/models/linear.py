@@ -1,10 +1,10 @@
 """The model's linear layer, and its packed form for CPU inference.
 
 `Linear` is `nn.Linear` (same parameters, same checkpoint names) plus one switch: inside
-`packed_weights(model)`, a bf16 layer multiplies with a copy of its weight that oneDNN has re-laid out once into
-its blocked format (AMX / AVX-512-bf16 tiles). A plain bf16 `F.linear` re-packs the weight on every call; at decode
-sizes that re-packing costs as much as the matmul. The generation engine enters `packed_weights` around each
-step, so training, scoring and everything with autograd never see the packed copy.
+`PackedLinears(model).active()`, a bf16 layer multiplies with a copy of its weight that oneDNN has re-laid out
+once into its blocked format (AMX / AVX-512-bf16 tiles). A plain bf16 `F.linear` re-packs the weight on every
+call; at decode sizes that re-packing costs as much as the matmul. The generation engine activates the packed
+copies around each step only, so training, scoring and everything with autograd never see them.
 
 The packed copy is a cache of the weight: it is rebuilt when the weight changes (an optimizer step bumps the
 tensor's version counter, a load swaps its storage), so GRPO can share one model between the trainer and the
@@ -15,9 +15,9 @@ bf16 (inputs cast down, outputs back up) and everything else in fp32. This is th
 systems run (bf16 sampling, fp32 trainer); the log-probs differ from the trainer's by bf16 rounding, which
 truncated importance sampling corrects.
 
-Left out: packed fp32 matmuls (MKL's packed sgemm measured no faster than `F.linear` when decoding from memory), weight-only
-int8/int4, and fusing the q/k/v or gate/up projections into one matmul (measured 12-17% of matmul time on
-SmolLM2; not worth a second weight layout in the model).
+Left out: packed fp32 matmuls (MKL's packed sgemm measured no faster than `F.linear` when decoding from
+memory), weight-only int8/int4, and fusing the q/k/v or gate/up projections into one matmul (measured 12-17% of
+matmul time on SmolLM2; not worth a second weight layout in the model).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class PackedWeight:
 
 
 class Linear(nn.Linear):
-    packed: PackedWeight | None = None  # set by `packed_weights`; used only while active
+    packed: PackedWeight | None = None  # set by `PackedLinears`; used only while active
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = self.packed

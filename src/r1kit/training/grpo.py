@@ -14,10 +14,11 @@ accumulation (micro_batch_size), bf16 autocast and activation checkpointing (run
 run.gradient_checkpointing). MoE policies update their router bias after every optimizer step.
 
 Rollouts run on r1kit's engine by default, in the policy's precision; `rollout_dtype: bfloat16` samples with
-bf16 matmuls on packed weights while the trainer stays fp32 (faster on CPUs with AMX; pair it with tis_cap). With `rollout_backend: vllm` (GPU machines) they run on a colocated
-vLLM engine started from the policy's weights, and the policy's weights are pushed into it after every
-optimizer step (`VLLMEngine.update_weights`); the trainer recomputes every log-prob it optimizes, and tis_cap
-corrects for what differs between the two engines' kernels.
+bf16 matmuls on packed weights while the trainer stays fp32 (faster on CPUs with AMX; pair it with tis_cap).
+With `rollout_backend: vllm` (GPU machines) they run on a colocated vLLM engine started from the policy's
+weights (its precision set in `vllm: {dtype: ...}`), and the policy's weights are pushed into it after every
+optimizer step (`VLLMEngine.update_weights`). Either way the trainer recomputes every log-prob it optimizes,
+and tis_cap corrects for what differs between the sampling kernels and the trainer's.
 
 Left out: a value model (GRPO has none), rollout workers on other GPUs or nodes.
 """
