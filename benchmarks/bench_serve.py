@@ -4,7 +4,8 @@ Both servers load the same HF directory (SmolLM2-135M-Instruct, written once fro
 in float32 on CPU, and get the same streamed chat requests: greedy, the same prompts, the same `max_tokens`.
 For each number of concurrent clients, every client sends `--requests` requests one after another; we report
 output tokens per second (tokens re-counted from the streamed text with the model's tokenizer, so both servers
-are measured the same way whatever their chunking) and, at 1 client, the median time to first token.
+are measured the same way whatever their chunking) and, at 1 client, the median time to first token. r1kit
+also runs a second time with `--bf16-matmuls` (fp32 weights, bf16 matmuls on packed weights).
 
     .venv/bin/python benchmarks/bench_serve.py                        # 1, 8, 32 clients, 64 tokens each
     .venv/bin/python benchmarks/bench_serve.py --clients 1,8 --max-tokens 16 --requests 1   # a quick check
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import httpx
 
+SERVERS = ["r1kit", "r1kit-bf16", "transformers"]  # r1kit-bf16: `r1kit serve --bf16-matmuls` (fp32 weights)
 QUESTIONS = [
     "What is the capital of France? Answer in one sentence.",
     "Write a short poem about the sea.",
@@ -72,10 +74,10 @@ def prepare_model(directory: Path) -> Path:
 
 def start_server(name: str, model_dir: Path, port: int, max_concurrency: int, log: Path) -> subprocess.Popen:
     bin_dir = Path(sys.executable).parent
-    if name == "r1kit":
+    if name.startswith("r1kit"):
         cmd = [str(bin_dir / "r1kit"), "serve", "--model", str(model_dir), "--served-model-name", "m",
                "--port", str(port), "--max-concurrency", str(max_concurrency), "--max-seq-len", "1024",
-               "--log-level", "warning"]
+               "--log-level", "warning", *(["--bf16-matmuls"] if name == "r1kit-bf16" else [])]
     else:
         cmd = [str(bin_dir / "transformers"), "serve", "--continuous-batching", "--device", "cpu",
                "--dtype", "float32", "--port", str(port), "--log-level", "warning", str(model_dir)]
@@ -137,7 +139,7 @@ async def measure(url: str, model: str, clients: int, requests: int, max_tokens:
 def bench_server(name: str, model_dir: Path, args, tokenizer, logs: Path) -> dict[int, Result]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    model = "m" if name == "r1kit" else str(model_dir)
+    model = "m" if name.startswith("r1kit") else str(model_dir)
     proc = start_server(name, model_dir, port, max(args.clients), logs / f"{name}.log")
     try:
         wait_healthy(url, proc)
@@ -163,7 +165,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=2, help="requests per client, sent one after another")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--model-dir", default=None, help="where to write/read the HF copy of SmolLM2-135M")
-    p.add_argument("--only", choices=["r1kit", "transformers"], default=None, help="run one server only")
+    p.add_argument("--only", choices=SERVERS, default=None, help="run one server only")
     args = p.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
 
@@ -175,7 +177,7 @@ def main() -> int:
         logs = Path(tmp)
         print(f"SmolLM2-135M float32, greedy, {args.max_tokens} max tokens, {args.requests} requests per client, "
               f"{os.cpu_count()} CPUs, torch threads default", flush=True)
-        names = [args.only] if args.only else ["r1kit", "transformers"]
+        names = [args.only] if args.only else SERVERS
         results = {}
         for name in names:
             try:
@@ -184,13 +186,14 @@ def main() -> int:
                 log = (logs / f"{name}.log").read_text()[-2000:] if (logs / f"{name}.log").exists() else ""
                 print(f"{name}: failed: {e}\n{log}", file=sys.stderr)
                 return 1
-    if len(results) == 2:
-        ours, peer = results["r1kit"], results["transformers"]
+    peer = results.get("transformers")
+    for name in [n for n in results if n != "transformers"] if peer else []:
+        ours = results[name]
         for c in args.clients:
-            print(f"ratio tokens/s clients={c}: r1kit/transformers = "
+            print(f"ratio tokens/s clients={c}: {name}/transformers = "
                   f"{ours[c].tokens_per_s / peer[c].tokens_per_s:.2f}x")
         if 1 in args.clients:
-            print(f"ratio ttft clients=1: transformers/r1kit = {peer[1].ttft_s / ours[1].ttft_s:.2f}x "
+            print(f"ratio ttft clients=1: transformers/{name} = {peer[1].ttft_s / ours[1].ttft_s:.2f}x "
                   f"({peer[1].ttft_s * 1000:.0f} ms vs {ours[1].ttft_s * 1000:.0f} ms)")
     return 0
 
