@@ -7,6 +7,8 @@ One Engine serves `r1kit.generate`, GRPO rollouts, rejection sampling, evaluatio
   over the running rows only: a finished request leaves its row at once and the next waiting one takes it.
 - Stopping is per request: EOS ids, stop strings (matched on the decoded text, excluded from it) and
   max_new_tokens. Text is detokenized incrementally, so streaming and stop strings cost O(new tokens).
+- Running requests are kept in the lowest rows (a request is moved down when one below it finishes), so a
+  decode step reads the cache as a slice instead of gathering rows.
 
 Left out: paged attention, prefix caching and speculative decoding (MTP draft); CUDA graphs. For GPU-scale
 serving use the vLLM backend (`r1kit.generation.vllm_backend`) behind the same `generate` interface.
@@ -130,9 +132,11 @@ class Engine:
             if not self._cache_ready:
                 self.model.setup_cache(self.max_batch_size, self.max_seq_len)
                 self._cache_ready = True
+            self._compact()
             with self._packed.active():  # bf16 on CPU: oneDNN-packed weights (models/linear.py)
                 admitted = self._admit()
-                decoding = [r for r in self.running if r not in admitted and not r.done]
+                decoding = sorted((r for r in self.running if r not in admitted and not r.done),
+                                  key=lambda r: r.row)  # rows 0..n-1 after _compact: the cache is sliced
                 if decoding:
                     self._decode(decoding)
         finally:
@@ -195,6 +199,21 @@ class Engine:
             if req.done and not req.cut_at_stop:
                 ids = req.out_ids[:-1] if req.finish_reason == "stop" else req.out_ids  # drop the EOS
                 req.text = self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _compact(self) -> None:
+        """Move running requests into the lowest rows, so a decode step reads rows 0..n-1 of the cache as a slice.
+
+        Otherwise, once requests finish at different times, every layer of every step would gather the running
+        rows' whole K/V history (`cache[rows, :kv_len]`); a move copies one request's history once."""
+        n = len(self.running)
+        for req in sorted(self.running, key=lambda r: r.row, reverse=True):
+            if req.row < n:
+                break
+            hole = self.free_rows.pop(0)  # sorted: the lowest free row, below n
+            self.model.move_cache_row(req.row, hole, len(req.prompt_ids) + len(req.out_ids))
+            self.free_rows.append(req.row)
+            self.free_rows.sort()
+            req.row = hole
 
     def _release(self, req: Request) -> None:
         if req in self.running:

@@ -96,6 +96,9 @@ class MLA(nn.Module):
         self.cache_kv = torch.zeros(batch, seq_len, self.kv_lora_rank, dtype=dtype, device=device)
         self.cache_pe = torch.zeros(batch, seq_len, self.qk_rope_head_dim, dtype=dtype, device=device)
 
+    def caches(self) -> list[torch.Tensor]:
+        return [self.cache_kv, self.cache_pe]
+
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x) if self.q_lora_rank == 0 else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
@@ -155,6 +158,9 @@ class GQA(nn.Module):
         shape = (batch, seq_len, self.n_kv_heads, self.head_dim)
         self.cache_k = torch.zeros(shape, dtype=dtype, device=device)
         self.cache_v = torch.zeros(shape, dtype=dtype, device=device)
+
+    def caches(self) -> list[torch.Tensor]:
+        return [self.cache_k, self.cache_v]
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         B, T, _ = x.shape

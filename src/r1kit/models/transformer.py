@@ -159,6 +159,12 @@ class Transformer(nn.Module):
             layer.self_attn.setup_cache(max_batch, max_seq_len, dtype, self.embed_tokens.weight.device)
         self.cache_batch, self.cache_len = max_batch, max_seq_len
 
+    def move_cache_row(self, src: int, dst: int, length: int) -> None:
+        """Copy the first `length` cache slots of row `src` into row `dst`, in every layer."""
+        for layer in self.layers:
+            for cache in layer.self_attn.caches():
+                cache[dst, :length] = cache[src, :length]
+
     def forward_cached(
         self,
         input_ids: torch.Tensor,
