@@ -6,6 +6,7 @@ import time
 import pytest
 
 from r1kit.rewards import extract_answer, extract_choice, math_equal
+from r1kit.rewards.math_check import normalize
 
 # (prediction, gold, expected). Each group states why.
 CASES = {
@@ -121,6 +122,18 @@ def test_fast_path_needs_no_worker():
     for _ in range(1000):
         assert math_equal("1,000", "1000") and not math_equal("0.333", "\\frac13")
     assert time.perf_counter() - t < 1.0  # 2000 checks in under a second: decided in process
+
+
+@pytest.mark.parametrize("garbage", ["5 " + "a" * 3000 + "1", "5 " + "a." * 3000 + "1", "5 " + "ab " * 3000 + "!"])
+def test_long_letter_runs_are_linear_not_catastrophic(garbage):
+    """A small model's reply once held a long run of letters after a number: the unit-stripping regex used to
+    backtrack exponentially on it (22 letters: 1 s; 40: hours), hanging a MATH-500 evaluation in grading."""
+    t = time.perf_counter()
+    normalize(garbage)
+    assert time.perf_counter() - t < 0.1
+    t = time.perf_counter()
+    assert not math_equal(garbage, "7", timeout=1.0)  # what the fast path cannot decide is bounded by the kill
+    assert time.perf_counter() - t < 3.0
 
 
 def test_hard_timeout_from_a_thread():

@@ -26,7 +26,8 @@ import time
 from fractions import Fraction
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
-_UNIT_WORDS = r"(?:[a-zA-Z]+\.?\s*)+(?:\^?\{?[23]\}?)?"
+# words split by whitespace or a dot: a nested `(?:[a-zA-Z]+\s*)+` backtracks exponentially on a long run of letters
+_UNIT_WORDS = r"[a-zA-Z]+(?:(?:\.\s*|\s+)[a-zA-Z]+)*\.?\s*(?:\^?\{?[23]\}?)?"
 
 
 def _strip_text_macros(s: str) -> str:
