@@ -33,12 +33,12 @@ class FakeGenerate:
         self.respond, self.fail_after, self.calls = respond, fail_after, []
 
     def __call__(self, model, tokenizer, prompts, *, max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-                 seed=None, stop=None):
+                 seed=None, stop=None, matmul_dtype=None):
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise RuntimeError("simulated crash")
         assert isinstance(seed, list) and len(seed) == len(prompts)
         self.calls.append({"prompts": prompts, "seeds": seed, "temperature": temperature, "top_p": top_p,
-                           "max_new_tokens": max_new_tokens})
+                           "max_new_tokens": max_new_tokens, "matmul_dtype": matmul_dtype})
         out = []
         for p, s in zip(prompts, seed):
             assert isinstance(p, list) and p == [{"role": "user", "content": p[0]["content"]}]  # no system prompt

@@ -33,6 +33,21 @@ def test_eval_json_and_table(tmp_path, monkeypatch, capsys, fake, tok):
     assert "pass@1" in table and "50.0 ± 50.0" in table and len(gen.calls) == 2
 
 
+def test_other_precision_does_not_reuse_cached_samples(tmp_path, monkeypatch, capsys, fake, tok):
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+    gen = fake(lambda text, seed: "\\boxed{2}")
+    monkeypatch.setattr(r1kit, "load_model", lambda src, dtype=None: torch.nn.Identity(), raising=False)
+    monkeypatch.setattr(r1kit, "load_tokenizer", lambda src: tok, raising=False)
+    monkeypatch.setattr(r1kit, "generate", gen, raising=False)
+    argv = ["eval", "--model", "m", "--benchmark", "gsm8k", "--data", str(data), "--samples", "2",
+            "--out", str(tmp_path / "out"), "--no-progress", "--json"]
+    assert main(argv) == 0 and main(argv) == 0
+    assert len(gen.calls) == 1  # the rerun came from the cache
+    assert main([*argv, "--bf16-matmuls"]) == 0
+    assert len(gen.calls) == 2 and gen.calls[1].get("matmul_dtype") == torch.bfloat16
+
+
 def test_eval_user_errors_exit_2(tmp_path, capsys):
     assert main(["eval", "--model", "m", "--benchmark", "no-such-bench"]) == 2
     assert "unknown benchmark 'no-such-bench'" in capsys.readouterr().err

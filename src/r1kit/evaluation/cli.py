@@ -89,6 +89,15 @@ def format_table(summary: dict, out_dir: str) -> str:
     return "\n".join([head, *[f"  {k:<{width}}  {v}" for k, v in rows], f"  report: {out_dir}/report.md"])
 
 
+def _model_id(args: argparse.Namespace) -> str:
+    """The model's name in the sample cache and report; a non-default precision or backend is part of it, so
+    rerunning into the same --out with other settings regenerates instead of mixing samples."""
+    extras = [args.dtype] if args.dtype != "float32" else []
+    extras += ["bf16 matmuls"] if args.bf16_matmuls else []
+    extras += ["vllm"] if args.backend == "vllm" else []
+    return f"{args.model} [{', '.join(extras)}]" if extras else args.model
+
+
 def _run(args: argparse.Namespace) -> int:
     import r1kit
     from r1kit.evaluation.benchmarks import get_benchmark, load_problems
@@ -108,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         bench,
         config=config,
         out_dir=out_dir,
-        model_id=args.model,
+        model_id=_model_id(args),
         progress=not args.no_progress,
         generate_fn=partial(r1kit.generate, matmul_dtype=matmul_dtype(args)) if matmul_dtype(args) else None,
     )
