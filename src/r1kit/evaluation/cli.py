@@ -8,7 +8,7 @@ import re
 from functools import partial
 
 from r1kit.evaluation.harness import EvalConfig
-from r1kit.generation.cli import add_backend_args, add_precision_args, load_backend, matmul_dtype
+from r1kit.generation.cli import add_backend_args, add_precision_args, load_backend
 
 # argparse dest -> EvalConfig field; defaults stay in EvalConfig (argparse defaults are None = "not given").
 _FIELDS = (
@@ -99,6 +99,8 @@ def _model_id(args: argparse.Namespace) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import torch
+
     import r1kit
     from r1kit.evaluation.benchmarks import get_benchmark, load_problems
     from r1kit.evaluation.harness import evaluate
@@ -119,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
         out_dir=out_dir,
         model_id=_model_id(args),
         progress=not args.no_progress,
-        generate_fn=partial(r1kit.generate, matmul_dtype=matmul_dtype(args)) if matmul_dtype(args) else None,
+        generate_fn=partial(r1kit.generate, matmul_dtype=torch.bfloat16) if args.bf16_matmuls else None,
     )
     print(json.dumps(summary, indent=2) if args.json else format_table(summary, out_dir))
     return 0
