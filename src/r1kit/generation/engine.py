@@ -38,6 +38,7 @@ class Completion:
     logprobs: list[float]  # log-probability of each generated id under the temperature-scaled policy
     finish_reason: str  # "stop" (EOS or stop string) | "length" | "abort"
     prompt_tokens: int = 0
+    prefilled_think: bool = False  # the prompt opened <think>: the reply starts inside the reasoning
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Request:
     def completion(self) -> Completion:
         reasoning, answer = split_reasoning(self.text, self.prefilled_think)
         return Completion(self.text, reasoning, answer, list(self.out_ids), list(self.logprobs),
-                          self.finish_reason or "abort", len(self.prompt_ids))
+                          self.finish_reason or "abort", len(self.prompt_ids), self.prefilled_think)
 
 
 class Engine:
