@@ -24,14 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="r1kit", description="Build, train, distill, evaluate and serve DeepSeek-R1-style reasoning models."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # area not built yet
-                continue
-            raise
-        module.register(sub)
+    for name in _COMMAND_MODULES:  # a module that fails to import is an error, never a missing subcommand
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -1,23 +1,38 @@
 """Run configs: typed dataclasses loaded from YAML with `key=value` overrides, validated before any work.
 
-Every training entry point declares one dataclass; `load_config(Cls, path, overrides)` reads the YAML file,
-applies dotted overrides (`--set optim.lr=1e-4`), checks that every key is a field, converts scalar types
-from the annotations, and runs the dataclass's own `__post_init__` checks. Errors name the file and field.
+Every entry point declares one config class with `@configclass` (a pydantic dataclass): field types are the
+validation. Enum-like fields are `Literal[...]`, ranges are `Annotated` constraints (`PositiveInt`, `Field(ge=0)`),
+unknown keys are errors, and numbers written as strings by YAML 1.1 (`5e-5`) still read as numbers. Only rules
+that tie several fields together live in `__post_init__`. `load_config(Cls, path, overrides)` reads the YAML
+file, applies dotted overrides (`--set optim.lr=1e-4`) and builds the class; any problem becomes one
+`ConfigError` line that names the file and the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pydantic
+import pydantic.dataclasses
 import yaml
 
 from r1kit.errors import ConfigError
 
 T = TypeVar("T")
+
+_PYDANTIC = pydantic.ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+
+def configclass(cls: type[T] | None = None, *, frozen: bool = False):
+    """`@dataclass` for configs: validated from the annotations at construction, unknown fields rejected."""
+
+    def wrap(c: type[T]) -> type[T]:
+        return pydantic.dataclasses.dataclass(c, config=_PYDANTIC, frozen=frozen)
+
+    return wrap if cls is None else wrap(cls)
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -55,69 +70,36 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None:
-            return None
-        for a in args:
-            try:
-                return _coerce(value, a, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} does not fit {annotation}")
-    if dataclasses.is_dataclass(annotation):
-        if isinstance(value, annotation):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return build(annotation, value, where)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return int(value)
-    if annotation is float:
-        if isinstance(value, str):  # YAML 1.1 reads "5e-5" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(annotation) or (Any,)
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        _, item = typing.get_args(annotation) or (str, Any)
-        return {str(k): _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
-    return value
-
-
 def build(cls: type[T], data: dict, where: str = "config") -> T:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field {unknown[0]!r} (fields: {', '.join(sorted(fields))})")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    """`cls(**data)` with pydantic's and `__post_init__`'s errors turned into one line naming the field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {data!r}")
     try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        return cls(**data)
+    except pydantic.ValidationError as e:
+        raise ConfigError(describe_error(e, cls, where)) from None
+
+
+def describe_error(e: pydantic.ValidationError, cls: type, where: str) -> str:
+    err = e.errors(include_url=False)[0]
+    loc = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "unexpected_keyword_argument":
+        known = _fields_at(cls, err["loc"][:-1])
+        return f"{where}: unknown field {loc!r}" + (f" (fields: {', '.join(known)})" if known else "")
+    msg = err["msg"].removeprefix("Value error, ")
+    given = "" if err["type"] == "value_error" or "input" not in err else f" (got {err['input']!r})"
+    return f"{where}.{loc}: {msg}{given}" if loc else f"{where}: {msg}"
+
+
+def _fields_at(cls: type, path: tuple) -> list[str] | None:
+    """Field names of the config class reached from `cls` by following `path` through nested configs."""
+    node = cls
+    for part in path:
+        hint = typing.get_type_hints(node).get(part)
+        node = next((t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)), None)
+        if node is None:
+            return None
+    return [f.name for f in dataclasses.fields(node)]
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict | None = None) -> T:

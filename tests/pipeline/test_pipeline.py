@@ -78,9 +78,9 @@ def test_recipe_errors_name_the_field(tmp_path):
 
 
 def test_overrides_reach_the_stage_config_and_stages_are_wired():
-    recipe = load_recipe(None, ["r1_zero.beta=0.04", "seed=3"], "/tmp/x")
+    recipe = load_recipe(None, ["r1_zero.loss.beta=0.04", "seed=3"], "/tmp/x")
     zero = recipe.stage("r1_zero").config
-    assert zero.beta == 0.04 and zero.run.seed == 3
+    assert zero.loss.beta == 0.04 and zero.run.seed == 3
     assert zero.model == "/tmp/x/pretrain/final" and zero.run.output_dir == "/tmp/x/r1_zero"
     assert recipe.stage("r1_sft").config.data.dataset == "/tmp/x/rejection/sft.jsonl"
     assert recipe.stage("distill").config.teacher == "/tmp/x/r1_final/final"

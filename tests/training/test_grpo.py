@@ -14,11 +14,9 @@ from r1kit.training.grpo import GRPOConfig, pack, train
 
 
 @pytest.fixture
-def sevens_reward():
+def sevens_reward(monkeypatch):
     """A reward the random toy model can reach: the share of '7' characters in the reply."""
-    REWARDS["sevens"] = lambda completion, **_: completion.count("7") / max(len(completion), 1)
-    yield
-    del REWARDS["sevens"]
+    monkeypatch.setitem(REWARDS, "sevens", lambda completion, **_: completion.count("7") / max(len(completion), 1))
 
 
 def toy_config(tmp_path, **overrides):
@@ -53,8 +51,8 @@ def test_tiny_model_learns_a_reachable_reward(tmp_path, sevens_reward):
 
 
 def test_resume_after_interruption_reproduces_metrics(tmp_path, sevens_reward):
-    cfg = toy_config(tmp_path, run={"steps": 6, "save_every": 3}, beta=0.04, loss_type="dapo",
-                     num_iterations=2, epsilon_high=0.28)
+    cfg = toy_config(tmp_path, run={"steps": 6, "save_every": 3}, num_iterations=2,
+                     loss={"beta": 0.04, "loss_type": "dapo", "epsilon_high": 0.28})
     train(cfg)
     straight = metrics(tmp_path / "run")
     # Simulate a kill during step 5: the step-6 checkpoint, the export and the later metrics are gone.
@@ -96,7 +94,7 @@ def test_vllm_rollouts_follow_the_policy_after_every_step(tmp_path, sevens_rewar
 
 
 def test_bf16_rollouts_differ_from_the_trainer_by_rounding_only(tmp_path, sevens_reward):
-    train(toy_config(tmp_path, run={"steps": 3, "save_every": 3}, rollout_dtype="bfloat16", tis_cap=2.0))
+    train(toy_config(tmp_path, run={"steps": 3, "save_every": 3}, rollout_dtype="bfloat16", loss={"tis_cap": 2.0}))
     diffs = [m["logprob_diff_max"] for m in metrics(tmp_path / "run")]
     assert all(0 < d < 0.1 for d in diffs), diffs  # fp32 rollouts agree to ~1e-6 (test above)
 
@@ -110,7 +108,10 @@ def test_pack_layout():
 
 
 @pytest.mark.parametrize("overrides, field", [
-    ({"loss_type": "ppo"}, "loss_type"),
+    ({"loss": {"loss_type": "ppo"}}, r"loss\.loss_type: Input should be 'grpo', 'bnpo', 'dr_grpo' or 'dapo'"),
+    ({"loss": {"beta": -0.1}}, r"loss\.beta"),
+    ({"loss_type": "dapo"}, "unknown field 'loss_type'"),
+    ({"dynamic_sampling_metric": "length"}, "dynamic_sampling_metric"),
     ({"num_generations": 1}, "num_generations"),
     ({"rewards": {"nonsense": 1.0}}, "nonsense"),
     ({"optim": {"lr": "fast"}}, "optim.lr"),
@@ -122,6 +123,59 @@ def test_pack_layout():
 def test_config_errors_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field):
         load_config(GRPOConfig, overrides=overrides)
+
+
+def test_dynamic_sampling_keeps_groups_by_accuracy_not_by_reward():
+    """DAPO keeps groups whose accuracy is strictly between 0 and 1; a group that is all wrong (or all right)
+    but whose rewards differ through a format term carries no accuracy signal and is dropped."""
+    from r1kit.training.grpo import Rollout, informative_groups
+
+    correct = torch.tensor([0., 0., 0., 0., 1., 0., 1., 1., 1., 1., 1., 1.])  # groups of 4: none, half, all
+    rewards = correct + torch.tensor([0.2, 0., 0.2, 0., 0.2, 0.2, 0.2, 0., 0.2, 0.2, 0.2, 0.2])  # + format
+    r = Rollout([{}] * 12, [[1]] * 12, [None] * 12, rewards, correct, {}, 0.0)
+    assert informative_groups(r, 4, "accuracy").tolist() == [False, True, False]
+    assert informative_groups(r, 4, "reward").tolist() == [True, True, False]
+
+
+class _GradRecorder:
+    """Stands in for the optimizer: keeps a copy of the gradients each step would apply."""
+
+    def __init__(self, model):
+        self.model, self.steps = model, []
+
+    def step(self):
+        self.steps.append({n: p.grad.clone() for n, p in self.model.named_parameters() if p.grad is not None})
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=set_to_none)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_step_gradient_does_not_depend_on_micro_batch_size(loss_type):
+    """One GRPO step over 12 completions cut into micro-batches of 12 or 5 (an uneven last slice of 2) accumulates
+    the same gradient: the normalizers come from the whole step."""
+    from types import SimpleNamespace
+
+    import r1kit
+    from r1kit.generation import Completion
+    from r1kit.training.grpo import Rollout, policy_update
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [3, 7, 1, 5, 6, 2, 4, 4, 7, 3, 5, 6]
+    completions = [Completion("", "", "", torch.randint(3, 40, (n,), generator=g).tolist(), [-1.0] * n, "stop")
+                   for n in lengths]
+    rewards = torch.tensor([1., 0., 0., 1., 0.5, 0., 1., 1., 0., 1., 0., 0.])
+    r = Rollout([{}] * 12, [[1, 5, 6]] * 6 + [[1, 9]] * 6, completions, rewards, rewards, {}, 0.0)
+    grads = []
+    for micro in (12, 5):
+        model = r1kit.load_model("toy-dense", seed=0).train()
+        run = SimpleNamespace(model=model, optimizer=_GradRecorder(model), scheduler=SimpleNamespace(step=lambda: 0))
+        cfg = load_config(GRPOConfig, overrides={"model": "toy-dense", "num_generations": 6, "max_new_tokens": 8,
+                                                 "micro_batch_size": micro, "loss": {"loss_type": loss_type}})
+        policy_update(run, cfg, r, None, cfg.loss)
+        grads.append(run.optimizer.steps[0])
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-8, msg=name)
 
 
 def test_completion_logps_mask_left_padding():

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from r1kit.config import build
 from r1kit.errors import ConfigError
 from r1kit.training.advantages import group_advantages
 from r1kit.training.losses import (
@@ -186,31 +187,33 @@ def test_metrics_match_token_counts():
     assert (m["ratio/min"], m["ratio/max"]) == pytest.approx((min(ratios), max(ratios)))
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
-def test_gradient_accumulation_equals_full_batch(loss_type):
-    """Two equal micro-batches accumulated give the full-batch gradient (dapo: for any split sizes)."""
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize("cuts", [[3], [4], [1, 5], [2, 3, 5]])
+def test_gradient_accumulation_equals_full_batch(loss_type, cuts):
+    """Micro-batches of any sizes, with the step's normalizers, accumulate exactly the full-batch gradient."""
     logps, old, _, _, mask, rewards = fixed_batch()
-    cfg = GRPOLossConfig(loss_type, 0.2, 0.28)
+    cfg = GRPOLossConfig(loss_type, 0.2, 0.28, max_completion_length=T)
     adv = group_advantages(rewards, G)
     full = logps.clone().requires_grad_(True)
-    grpo_loss(full, adv, mask, cfg, old_logps=old)[0].backward()
+    full_loss, _ = grpo_loss(full, adv, mask, cfg, old_logps=old)
+    full_loss.backward()
     split = logps.clone().requires_grad_(True)
-    halves = [slice(0, 3), slice(3, B)] if loss_type == "dapo" else [slice(0, 4), slice(4, B)]
-    for s in halves:
-        loss, _ = grpo_loss(
-            split[s], adv[s], mask[s], cfg, old_logps=old[s], grad_accum_steps=2, num_accum_tokens=mask.sum()
-        )
+    bounds = [0, *cuts, B]
+    total = 0.0
+    for s in [slice(a, b) for a, b in zip(bounds, bounds[1:])]:
+        loss, _ = grpo_loss(split[s], adv[s], mask[s], cfg, old_logps=old[s], step_sequences=B,
+                            step_tokens=mask.sum())
         loss.backward()
+        total += loss.item()
+    assert total == pytest.approx(full_loss.item(), rel=1e-6)
     torch.testing.assert_close(split.grad, full.grad)
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(ConfigError, match="loss_type"):
-        GRPOLossConfig("ppo")
-    with pytest.raises(ConfigError, match="max_completion_length"):
-        GRPOLossConfig("dr_grpo")
-    with pytest.raises(ConfigError, match="epsilon_low"):
-        GRPOLossConfig(epsilon_low=1.5)
+    with pytest.raises(ConfigError, match="loss_type: Input should be 'grpo', 'bnpo', 'dr_grpo' or 'dapo'"):
+        build(GRPOLossConfig, {"loss_type": "ppo"}, "loss")
+    with pytest.raises(ConfigError, match=r"loss\.epsilon_low: Input should be less than 1"):
+        build(GRPOLossConfig, {"epsilon_low": 1.5}, "loss")
     assert GRPOLossConfig(epsilon_low=0.3).epsilon_high == 0.3
 
 
@@ -219,8 +222,8 @@ def test_missing_inputs_raise():
     adv = group_advantages(rewards, G)
     with pytest.raises(ValueError, match="ref_logps"):
         grpo_loss(logps, adv, mask, GRPOLossConfig(beta=0.1))
-    with pytest.raises(ValueError, match="num_accum_tokens"):
-        grpo_loss(logps, adv, mask, GRPOLossConfig("dapo"), grad_accum_steps=2)
+    with pytest.raises(ValueError, match="max_completion_length"):
+        grpo_loss(logps, adv, mask, GRPOLossConfig("dr_grpo"))
 
 
 # ---------------------------------------------------------------------------------------- log-probs, entropy

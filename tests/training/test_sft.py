@@ -11,7 +11,10 @@ from r1kit.errors import ConfigError
 from r1kit.models.checkpoint import load_model
 from r1kit.tokenizer import toy_tokenizer
 from r1kit.training.packing import Sample, collate
-from r1kit.training.sft import PretrainConfig, SFTConfig, cold_start_rows, lm_loss, pretrain, sft
+from r1kit.training.lm_data import cold_start_rows
+from r1kit.training.lm_loss import lm_loss
+from r1kit.training.pretrain import PretrainConfig, pretrain
+from r1kit.training.sft import SFTConfig, sft
 from r1kit.training.tasks import TaskData
 
 

@@ -111,8 +111,11 @@ def run_both(cfg, data, *, off_policy, use_bias_correction_kl=False, tis=False):
         old_logps=inputs.get("old_per_token_logps"),
         ref_logps=inputs.get("ref_per_token_logps"),
         rollout_logps=data["rollout"] if tis else None,
-        grad_accum_steps=ACCUM,
-        num_accum_tokens=data["num_items_in_batch"],
+        # TRL divides each micro-batch by the accumulation steps: a step of ACCUM micro-batches of B completions;
+        # its bnpo normalizes by this micro-batch's tokens, which equals r1kit's step normalizer when every
+        # micro-batch has as many tokens; dapo normalizes by the tokens TRL counted over the accumulated batch
+        step_sequences=ACCUM * B,
+        step_tokens=ACCUM * data["mask"].sum() if cfg.loss_type == "bnpo" else data["num_items_in_batch"],
     )
     ours.backward()
     return (theirs, theirs_lp.grad, trl_metrics), (ours, ours_lp.grad, metrics)

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output directory (overrides the recipe's output_dir)")
     p.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun from this stage on")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field: STAGE.FIELD=VALUE (e.g. r1_zero.beta=0.04) or a top-level field")
+                   help="override a field: STAGE.FIELD=VALUE (e.g. r1_zero.loss.beta=0.04) or a top-level field")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_cli)

@@ -23,24 +23,26 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from r1kit.config import build, merge, parse_overrides, read_yaml
+from pydantic import Field, NonNegativeFloat, PositiveInt
+
+from r1kit.config import build, configclass, merge, parse_overrides, read_yaml
 from r1kit.errors import ConfigError
+from r1kit.training.recipes import RECIPES, RecipeSpec
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "r1_toy.yaml"
-KINDS = ("pretrain", "sft", "grpo", "rejection", "distill")
 BASE = "base"  # the evaluation name of the recipe's starting model
 
 
-@dataclass
+@configclass
 class EvalSettings:
-    samples: int = 4  # k samples per problem (pass@1 over k, cons@k)
-    problems: int = 50  # held-out problems per task
-    max_new_tokens: int = 128
-    temperature: float = 0.6
-    top_p: float = 0.95
-    batch_size: int = 64
+    samples: PositiveInt = 4  # k samples per problem (pass@1 over k, cons@k)
+    problems: PositiveInt = 50  # held-out problems per task
+    max_new_tokens: PositiveInt = 128
+    temperature: NonNegativeFloat = 0.6
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    batch_size: PositiveInt = 64
     stages: list[str] | None = None  # default: every stage that produces a model (+ "base" without pretraining)
     grader: str | None = None  # override the tasks' grader (e.g. last_number for a model answering in prose)
 
@@ -54,8 +56,12 @@ class Stage:
     config: Any  # the stage's validated config dataclass
 
     @property
+    def spec(self) -> RecipeSpec:
+        return RECIPES[self.kind]
+
+    @property
     def makes_model(self) -> bool:
-        return self.kind != "rejection"
+        return self.kind != BASE and self.spec.makes_model
 
 
 @dataclass
@@ -84,39 +90,22 @@ class Recipe:
         return self.model if name == BASE else str(self.stage_dir(name) / "final")
 
 
-def _config_class(kind: str):
-    from r1kit.training.distill import DistillConfig
-    from r1kit.training.grpo import GRPOConfig
-    from r1kit.training.rejection import RejectionConfig
-    from r1kit.training.sft import PretrainConfig, SFTConfig
-
-    return {"pretrain": PretrainConfig, "sft": SFTConfig, "grpo": GRPOConfig, "rejection": RejectionConfig,
-            "distill": DistillConfig}[kind]
-
-
-def _wire(kind: str, cfg: dict, *, recipe: dict, out: Path, name: str, init_path: str | None,
+def _wire(spec: RecipeSpec, cfg: dict, *, recipe: dict, stage_dir: Path, init_path: str | None,
           data_path: str | None) -> dict:
     """Fill in the fields that connect a stage to the recipe and to the stages before it."""
     cfg = copy.deepcopy(cfg)
-    run = {"output_dir": str(out / name), "seed": recipe["seed"]}
-    tasks = recipe["tasks"]
-    if kind == "pretrain":
-        cfg.setdefault("model", recipe["model"])
-        cfg["run"] = merge(cfg.get("run", {}), run)
-    elif kind == "grpo":
-        cfg["model"], cfg["data"] = init_path, merge(tasks, cfg.get("data", {}))
-        cfg["run"] = merge(cfg.get("run", {}), run)
-    elif kind == "sft":
-        cfg["model"], cfg["tasks"] = init_path, merge(tasks, cfg.get("tasks", {}))
-        cfg["run"] = merge(cfg.get("run", {}), run)
-        if data_path:
-            cfg["data"] = merge(cfg.get("data", {}), {"dataset": data_path})
-    elif kind == "rejection":
-        cfg["model"], cfg["tasks"] = init_path, merge(tasks, cfg.get("tasks", {}))
-        cfg["output"], cfg["seed"] = str(out / name / "sft.jsonl"), recipe["seed"]
-    elif kind == "distill":
-        cfg["teacher"], cfg["tasks"] = init_path, merge(tasks, cfg.get("tasks", {}))
-        cfg["run"] = merge(cfg.get("run", {}), run)
+    if init_path:
+        cfg[spec.model_field] = init_path
+    else:  # without init, a stage starts from its own model or the recipe's (a preset, checkpoint or GGUF)
+        cfg.setdefault(spec.model_field, recipe["model"])
+    if spec.tasks_field:
+        cfg[spec.tasks_field] = merge(recipe["tasks"], cfg.get(spec.tasks_field, {}))
+    if data_path:
+        cfg[spec.dataset_field] = merge(cfg.get(spec.dataset_field, {}), {"dataset": data_path})
+    if spec.makes_model:
+        cfg["run"] = merge(cfg.get("run", {}), {"output_dir": str(stage_dir), "seed": recipe["seed"]})
+    else:
+        cfg["output"], cfg["seed"] = str(stage_dir / spec.product), recipe["seed"]
     return cfg
 
 
@@ -141,23 +130,28 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     stages: list[Stage] = []
     if not raw.get("stages"):
         raise ConfigError(f"{where}: no stages")
-    for name, spec in raw["stages"].items():
-        if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
-            raise ConfigError(f"{where}: stage {name!r} needs kind: one of {', '.join(KINDS)}")
-        extra = sorted(set(spec) - {"kind", "init", "data", "config"})
+    for name, entry in raw["stages"].items():
+        if not isinstance(entry, dict) or entry.get("kind") not in RECIPES:
+            raise ConfigError(f"{where}: stage {name!r} needs kind: one of {', '.join(RECIPES)}")
+        extra = sorted(set(entry) - {"kind", "init", "data", "config"})
         if extra:
             raise ConfigError(f"{where}: stage {name!r}: unknown key {extra[0]!r}")
-        known = [s.name for s in stages]
+        spec = RECIPES[entry["kind"]]
+        earlier = {s.name: s for s in stages}
         for ref in ("init", "data"):
-            if spec.get(ref) and spec[ref] not in known:
-                raise ConfigError(f"{where}: stage {name!r}: {ref} {spec[ref]!r} is not an earlier stage")
-        # without init, a stage starts from the recipe's model (a preset, checkpoint or GGUF)
-        init_path = str(out / spec["init"] / "final") if spec.get("init") else raw["model"]
-        data_path = str(out / spec["data"] / "sft.jsonl") if spec.get("data") else None
-        wired = _wire(spec["kind"], spec.get("config") or {}, recipe=raw, out=out, name=name, init_path=init_path,
+            if entry.get(ref) and entry[ref] not in earlier:
+                raise ConfigError(f"{where}: stage {name!r}: {ref} {entry[ref]!r} is not an earlier stage")
+        if entry.get("init") and not earlier[entry["init"]].makes_model:
+            raise ConfigError(f"{where}: stage {name!r}: init {entry['init']!r} produces no model")
+        if entry.get("data") and (spec.dataset_field is None or earlier[entry["data"]].spec.product != "sft.jsonl"):
+            raise ConfigError(f"{where}: stage {name!r}: data must name a rejection stage, for an sft stage")
+        init_path = str(out / entry["init"] / "final") if entry.get("init") else None
+        data_path = str(out / entry["data"] / "sft.jsonl") if entry.get("data") else None
+        wired = _wire(spec, entry.get("config") or {}, recipe=raw, stage_dir=out / name, init_path=init_path,
                       data_path=data_path)
-        cfg = build(_config_class(spec["kind"]), wired, f"{where}: stages.{name}.config")
-        stages.append(Stage(name, spec["kind"], spec.get("init"), spec.get("data"), cfg))
+        config_cls, _ = spec.load()
+        cfg = build(config_cls, wired, f"{where}: stages.{name}.config")
+        stages.append(Stage(name, entry["kind"], entry.get("init"), entry.get("data"), cfg))
     evaluate = build(EvalSettings, raw.get("evaluate") or {}, f"{where}: evaluate")
     for s in evaluate.stages or []:
         if s not in [st.name for st in stages] + [BASE]:
@@ -166,7 +160,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def _stage_overrides(raw: dict, overrides: dict) -> dict:
-    """`--set r1_zero.beta=0.1` means stages.r1_zero.config.beta; top-level keys pass through."""
+    """`--set r1_zero.loss.beta=0.1` means stages.r1_zero.config.loss.beta; top-level keys pass through."""
     stages = raw.get("stages") or {}
     out: dict = {}
     for key, value in overrides.items():

@@ -24,25 +24,8 @@ def _say(msg: str) -> None:
 
 
 def run_stage(recipe: Recipe, stage) -> dict:
-    if stage.kind == "pretrain":
-        from r1kit.training.sft import pretrain
-
-        return pretrain(stage.config)
-    if stage.kind == "sft":
-        from r1kit.training.sft import sft
-
-        return sft(stage.config)
-    if stage.kind == "grpo":
-        from r1kit.training.grpo import train
-
-        return train(stage.config)
-    if stage.kind == "rejection":
-        from r1kit.training.rejection import rejection_sample
-
-        return rejection_sample(stage.config)
-    from r1kit.training.distill import distill
-
-    return distill(stage.config)
+    _, run = stage.spec.load()
+    return run(stage.config)
 
 
 def clear_from(recipe: Recipe, name: str) -> None:

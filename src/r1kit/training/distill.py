@@ -21,23 +21,26 @@ Left out: on-policy distillation (student samples, teacher scores), sequence-lev
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from pydantic import NonNegativeInt, PositiveInt
+
+from r1kit.config import configclass
 from r1kit.errors import ConfigError, R1kitError
+from r1kit.training.fit import BatchConfig
+from r1kit.training.lm_loss import KDConfig
 from r1kit.training.loop import OptimConfig, RunConfig
 from r1kit.training.rejection import FilterConfig, SamplingConfig
-from r1kit.training.sft import BatchConfig, KDConfig
 from r1kit.training.tasks import TaskData
 
 DENSE_ARCHS = ("qwen2", "llama")
 
 
-@dataclass
+@configclass
 class DistillConfig:
     teacher: str | None = None  # r1kit-loadable teacher (preset, HF dir, .gguf): samples traces, gives kd logits
     traces: str | None = None  # a JSONL of teacher traces produced elsewhere (used instead of sampling)
@@ -51,9 +54,9 @@ class DistillConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/distill"))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=10, schedule="cosine"))
-    eval_every: int = 0  # student's greedy held-out accuracy every N steps; 0 = off
-    eval_size: int = 100
-    max_new_tokens: int = 128
+    eval_every: NonNegativeInt = 0  # student's greedy held-out accuracy every N steps; 0 = off
+    eval_size: PositiveInt = 100
+    max_new_tokens: PositiveInt = 128
 
     def __post_init__(self):
         if self.teacher is None and self.traces is None:
@@ -142,9 +145,10 @@ def student_source(cfg: DistillConfig, run_dir: Path) -> str:
 
 
 def distill(cfg: DistillConfig) -> dict:
+    from r1kit.training.evaluator import Evaluator
+    from r1kit.training.fit import fit
     from r1kit.training.loop import start_run
     from r1kit.training.packing import chat_sample
-    from r1kit.training.sft import Evaluator, fit
 
     run_dir = Path(cfg.run.output_dir)
     traces, summary = teacher_traces(cfg, run_dir)
@@ -169,16 +173,8 @@ def distill(cfg: DistillConfig) -> dict:
     return {**last, "traces": summary}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from r1kit.training.cli import add_recipe_command
-
-    add_recipe_command(
-        sub, "distill", DistillConfig, distill,
-        lambda cfg, last: f"done: {last['traces']['kept']} traces; student in {cfg.run.output_dir}/final",
-        help="distil a teacher's verified traces into a dense student",
-        description="Teacher (model or trace JSONL) -> verified traces -> SFT of a dense student (optional logit "
-                    "KD); re-running resumes from the last checkpoint.",
-        example="--set student_overrides.dim=64 --set kd.weight=0.5")
+def summarize(cfg: DistillConfig, last: dict) -> str:
+    return f"done: {last['traces']['kept']} traces; student in {cfg.run.output_dir}/final"
 
 
 __all__ = ["DistillConfig", "distill", "read_trace_candidates", "student_source", "teacher_traces"]

@@ -6,12 +6,14 @@ rewards; group advantages (r - mean) / (std + eps); optimize the clipped surroga
 reference (the reference is not even loaded when beta = 0). The math lives in `advantages.py` and `losses.py`;
 this file only orchestrates.
 
-Options: loss_type (grpo | bnpo | dr_grpo | dapo), clip-higher (epsilon_high), scale_rewards (group | batch |
-none), num_iterations (mu > 1 reuses a rollout with stored old log-probs), masking of truncated completions,
-DAPO dynamic sampling (drop zero-std groups, draw more questions), soft overlong punishment (the
-`soft_overlong` reward), truncated importance sampling against the engine's log-probs (tis_cap), gradient
-accumulation (micro_batch_size), bf16 autocast and activation checkpointing (run.dtype,
-run.gradient_checkpointing). MoE policies update their router bias after every optimizer step.
+Options: the loss (`loss:` loss_type grpo | bnpo | dr_grpo | dapo, clip-higher epsilon_high, beta, tis_cap,
+unbiased_kl; see `GRPOLossConfig`), scale_rewards (group | batch | none), num_iterations (mu > 1 reuses a
+rollout with stored old log-probs), masking of truncated completions, DAPO dynamic sampling (drop groups that
+are all right or all wrong, draw more questions), soft overlong punishment (the `soft_overlong` reward),
+truncated importance sampling against the engine's log-probs (loss.tis_cap), gradient accumulation
+(micro_batch_size; the step's normalizers make it exact for any slicing), bf16 autocast and activation
+checkpointing (run.dtype, run.gradient_checkpointing). MoE policies update their router bias after every
+optimizer step.
 
 Rollouts run on r1kit's engine by default, in the policy's precision; `rollout_dtype: bfloat16` samples with
 bf16 matmuls on packed weights while the trainer stays fp32 (faster on CPUs with AMX; pair it with tis_cap).
@@ -25,20 +27,24 @@ Left out: a value model (GRPO has none), rollout workers on other GPUs or nodes.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import math
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
+from r1kit.config import configclass
 from r1kit.errors import ConfigError
 from r1kit.training.loop import OptimConfig, RunConfig
+from r1kit.training.losses import GRPOLossConfig
 from r1kit.training.tasks import TaskData
 
 
-@dataclass
+@configclass
 class GRPOConfig:
     model: str = "toy-moe"
     tokenizer: str | None = None
@@ -47,32 +53,31 @@ class GRPOConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/grpo"))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5))
     # rollout
-    questions_per_step: int = 4
-    num_generations: int = 8
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    rollout_backend: str = "r1kit"  # r1kit | vllm
-    rollout_dtype: str = "float32"  # bfloat16: r1kit's engine samples with bf16 matmuls (CPU AMX; set tis_cap)
+    questions_per_step: PositiveInt = 4
+    num_generations: Annotated[int, Field(ge=2)] = 8  # GRPO compares completions within a group
+    max_new_tokens: PositiveInt = 128
+    temperature: PositiveFloat = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    rollout_backend: Literal["r1kit", "vllm"] = "r1kit"
+    rollout_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: bf16 matmuls while sampling (CPU AMX)
     vllm: dict = field(default_factory=lambda: {"gpu_memory_utilization": 0.3})  # VLLMEngine options
     # rewards: name -> weight (see r1kit.rewards.REWARDS)
     rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.2})
     # objective
-    loss_type: str = "grpo"
-    beta: float = 0.0
-    epsilon_low: float = 0.2
-    epsilon_high: float | None = None
-    scale_rewards: str = "group"
-    num_iterations: int = 1
+    loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    num_iterations: PositiveInt = 1
     mask_truncated: bool = False
+    # DAPO dynamic sampling: keep groups whose `dynamic_sampling_metric` varies within the group (accuracy:
+    # some but not all completions correct, as DAPO and verl's filter_groups), draw more questions to refill
     dynamic_sampling: bool = False
-    max_resample_rounds: int = 3
-    tis_cap: float | None = None
-    micro_batch_size: int = 16
+    dynamic_sampling_metric: Literal["accuracy", "reward"] = "accuracy"
+    max_resample_rounds: NonNegativeInt = 3
+    micro_batch_size: PositiveInt = 16
     # evaluation and logging
-    eval_every: int = 0  # greedy held-out accuracy every N steps (and before the first step); 0 = off
-    eval_size: int = 100
-    samples_per_step: int = 2
+    eval_every: NonNegativeInt = 0  # greedy held-out accuracy every N steps (and before the first step); 0 = off
+    eval_size: PositiveInt = 100
+    samples_per_step: NonNegativeInt = 2
 
     def __post_init__(self):
         from r1kit.rewards import REWARDS
@@ -80,26 +85,8 @@ class GRPOConfig:
         unknown = [r for r in self.rewards if r not in REWARDS]
         if unknown:
             raise ConfigError(f"rewards: unknown reward {unknown[0]!r} (known: {', '.join(sorted(REWARDS))})")
-        if self.num_generations < 2:
-            raise ConfigError("num_generations must be >= 2: GRPO compares completions within a group")
-        if self.scale_rewards not in ("group", "batch", "none"):
-            raise ConfigError(f"scale_rewards must be group|batch|none, got {self.scale_rewards!r}")
-        for name in ("questions_per_step", "max_new_tokens", "num_iterations", "micro_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
-        if self.rollout_dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"rollout_dtype must be float32|bfloat16, got {self.rollout_dtype!r}")
-        if self.rollout_backend not in ("r1kit", "vllm"):
-            raise ConfigError(f"rollout_backend must be r1kit|vllm, got {self.rollout_backend!r}")
-        if self.temperature <= 0:
-            raise ConfigError("temperature must be > 0 for GRPO rollouts")
-        self.loss_config()  # validates loss_type, epsilons, beta
-
-    def loss_config(self):
-        from r1kit.training.losses import GRPOLossConfig
-
-        return GRPOLossConfig(loss_type=self.loss_type, epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high,
-                              beta=self.beta, max_completion_length=self.max_new_tokens, tis_cap=self.tis_cap)
+        if self.loss.max_completion_length is None:  # dr_grpo's constant L is the generation budget
+            self.loss = dataclasses.replace(self.loss, max_completion_length=self.max_new_tokens)
 
 
 # ---- rollout ------------------------------------------------------------------------------------------------
@@ -110,6 +97,7 @@ class Rollout:
     prompt_ids: list[list[int]]
     completions: list  # r1kit.generation.Completion
     rewards: torch.Tensor  # [B*G]
+    correct: torch.Tensor  # [B*G] 1.0 where the committed answer is right (the accuracy the recipe grades by)
     per_reward: dict[str, list[float | None]]
     seconds: float
 
@@ -122,7 +110,7 @@ def draw_questions(train: list[dict], step: int, seed: int, n: int, round_: int 
 
 def rollout(engine, questions: list[dict], cfg: GRPOConfig, step: int, round_: int = 0) -> Rollout:
     from r1kit.generation import SamplingParams
-    from r1kit.training.tasks import example_messages, score_completion
+    from r1kit.training.tasks import example_messages, is_correct, score_completion
 
     G = cfg.num_generations
     examples = [ex for ex in questions for _ in range(G)]
@@ -134,14 +122,21 @@ def rollout(engine, questions: list[dict], cfg: GRPOConfig, step: int, round_: i
     t0 = time.perf_counter()
     completions = engine.generate(prompt_ids, params)
     seconds = time.perf_counter() - t0
-    totals, per_reward = [], {name: [] for name in cfg.rewards}
+    # correctness: the accuracy reward, or last_number where a recipe grades prose answers
+    graded_by = next((k for k in ("accuracy", "last_number") if k in cfg.rewards), None)
+    totals, correct, per_reward = [], [], {name: [] for name in cfg.rewards}
     for (ids, prefilled), c, ex in zip([e for e in encoded for _ in range(G)], completions, examples):
         total, parts = score_completion(c.text, ex, cfg.rewards, prefilled_think=prefilled,
                                         completion_tokens=len(c.token_ids), max_tokens=cfg.max_new_tokens)
         totals.append(total)
         for name, value in parts.items():
             per_reward[name].append(value)
-    return Rollout(examples, prompt_ids, completions, torch.tensor(totals), per_reward, seconds)
+        if graded_by:
+            correct.append(float((parts[graded_by] or 0.0) >= 1.0))
+        else:
+            correct.append(float(is_correct(c.text, {**ex, "prefilled_think": prefilled})))
+    return Rollout(examples, prompt_ids, completions, torch.tensor(totals), torch.tensor(correct), per_reward,
+                   seconds)
 
 
 def concat_rollouts(parts: list[Rollout]) -> Rollout:
@@ -150,31 +145,42 @@ def concat_rollouts(parts: list[Rollout]) -> Rollout:
 
     per = {k: join(p.per_reward[k] for p in parts) for k in parts[0].per_reward}
     return Rollout(join(p.examples for p in parts), join(p.prompt_ids for p in parts),
-                   join(p.completions for p in parts), torch.cat([p.rewards for p in parts]), per,
-                   sum(p.seconds for p in parts))
+                   join(p.completions for p in parts), torch.cat([p.rewards for p in parts]),
+                   torch.cat([p.correct for p in parts]), per, sum(p.seconds for p in parts))
 
 
 def select_groups(r: Rollout, keep: list[int], G: int) -> Rollout:
     idx = [g * G + i for g in keep for i in range(G)]
     return Rollout([r.examples[i] for i in idx], [r.prompt_ids[i] for i in idx], [r.completions[i] for i in idx],
-                   r.rewards[idx], {k: [v[i] for i in idx] for k, v in r.per_reward.items()}, r.seconds)
+                   r.rewards[idx], r.correct[idx], {k: [v[i] for i in idx] for k, v in r.per_reward.items()},
+                   r.seconds)
+
+
+def informative_groups(r: Rollout, group_size: int, metric: str = "accuracy") -> torch.Tensor:
+    """bool [groups]: True where `metric` varies within the group (accuracy: some right, some wrong)."""
+    from r1kit.training.advantages import keep_informative_groups
+
+    return keep_informative_groups(r.correct if metric == "accuracy" else r.rewards, group_size)
 
 
 def collect(engine, train: list[dict], cfg: GRPOConfig, step: int) -> tuple[Rollout, float]:
-    """One step's rollout; with dynamic sampling, zero-std groups are dropped and more questions drawn."""
+    """One step's rollout and its frac_zero_std (groups whose rewards are all equal: no policy gradient).
+
+    With dynamic sampling, groups whose `dynamic_sampling_metric` does not vary are dropped (by accuracy: all
+    right or all wrong, even when a format or length term makes their rewards differ) and more questions are
+    drawn until `questions_per_step` groups are kept or the rounds run out."""
     from r1kit.training.advantages import keep_informative_groups
 
     G, Q = cfg.num_generations, cfg.questions_per_step
     first = rollout(engine, draw_questions(train, step, cfg.run.seed, Q), cfg, step)
-    informative = keep_informative_groups(first.rewards, G)
-    frac_zero_std = 1.0 - informative.float().mean().item()
+    frac_zero_std = 1.0 - keep_informative_groups(first.rewards, G).float().mean().item()
     if not cfg.dynamic_sampling:
         return first, frac_zero_std
     kept, parts = [], []
     for round_ in range(cfg.max_resample_rounds + 1):
         r = first if round_ == 0 else rollout(engine, draw_questions(train, step, cfg.run.seed, Q, round_), cfg,
                                               step, round_)
-        mask = informative if round_ == 0 else keep_informative_groups(r.rewards, G)
+        mask = informative_groups(r, G, cfg.dynamic_sampling_metric)
         groups = [g for g in range(len(mask)) if mask[g]][: Q - sum(len(k) for k in kept)]
         if groups:
             kept.append(groups)
@@ -246,8 +252,9 @@ def policy_update(run, cfg: GRPOConfig, r: Rollout, ref_model, loss_cfg) -> dict
         ref = frozen_logps(ref_model, ids, attn, P, cfg.temperature, cfg.micro_batch_size) if ref_model else None
         old = (frozen_logps(model, ids, attn, P, cfg.temperature, cfg.micro_batch_size)
                if cfg.num_iterations > 1 else None)
-    tokens = cmask.sum()
-    sums: dict[str, float] = {}
+    tokens = cmask.sum()  # the step's normalizers: the objective does not depend on how the step is sliced
+    sums: dict[str, float] = {"adv_std": adv.std().item() if len(adv) > 1 else 0.0,
+                              "adv_abs_mean": adv.abs().mean().item()}
     diff_max, entropy_sum = 0.0, 0.0
     for it in range(cfg.num_iterations):
         for s in slices:
@@ -255,13 +262,13 @@ def policy_update(run, cfg: GRPOConfig, r: Rollout, ref_model, loss_cfg) -> dict
                 logps, entropy = completion_logps(model, ids[s], attn[s], P, cfg.temperature, with_entropy=it == 0)
                 loss, m = grpo_loss(logps, adv[s], cmask[s], loss_cfg, old_logps=None if old is None else old[s],
                                     ref_logps=None if ref is None else ref[s], rollout_logps=rollout_logps[s],
-                                    grad_accum_steps=len(slices), num_accum_tokens=tokens)
+                                    step_sequences=len(ids), step_tokens=tokens)
                 aux = model.aux_loss()
-                if aux is not None:
-                    loss = loss + aux / len(slices)
+                if aux is not None:  # the balance loss of this slice, weighted by its share of the step
+                    loss = loss + aux * (s.stop - s.start) / len(ids)
             loss.backward()
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + v / (len(slices) * cfg.num_iterations)
+            for k, v in m.items():  # micro-batch metrics, weighted by the slice's share of the step
+                sums[k] = sums.get(k, 0.0) + v * (s.stop - s.start) / (len(ids) * cfg.num_iterations)
             if it == 0:
                 valid = cmask[s].bool()
                 if valid.any():
@@ -279,22 +286,12 @@ def policy_update(run, cfg: GRPOConfig, r: Rollout, ref_model, loss_cfg) -> dict
     return sums
 
 
-# ---- evaluation ----------------------------------------------------------------------------------------------
-
-def greedy_accuracy(engine, examples: list[dict], data: TaskData, max_new_tokens: int) -> float:
-    from r1kit.generation import SamplingParams
-    from r1kit.training.tasks import example_messages, is_correct
-
-    outs = engine.generate([example_messages(ex, data) for ex in examples],
-                           SamplingParams(max_new_tokens=max_new_tokens, temperature=0))
-    return sum(is_correct(c.text, ex) for c, ex in zip(outs, examples)) / max(len(examples), 1)
-
-
 # ---- the recipe ----------------------------------------------------------------------------------------------
 
 def train(cfg: GRPOConfig) -> dict:
     from r1kit.generation import Engine
     from r1kit.models.checkpoint import load_model
+    from r1kit.training.evaluator import greedy_accuracy
     from r1kit.training.loop import finish_run, save_step, start_run
     from r1kit.training.metrics import MetricsLogger
     from r1kit.training.tasks import load_examples
@@ -303,7 +300,7 @@ def train(cfg: GRPOConfig) -> dict:
     eval_set = load_examples(cfg.data, "test", cfg.run.seed)[: cfg.eval_size] if cfg.eval_every else []
     run = start_run(cfg, cfg.run, cfg.optim, cfg.model, cfg.tokenizer)
     ref_model = None
-    if cfg.beta > 0:  # frozen reference, only when the KL term is on
+    if cfg.loss.beta > 0:  # frozen reference, only when the KL term is on
         ref_model = load_model(cfg.ref_model, seed=cfg.run.seed) if cfg.ref_model else \
             load_model(cfg.model, seed=cfg.run.seed)
         ref_model.eval().requires_grad_(False)
@@ -315,7 +312,7 @@ def train(cfg: GRPOConfig) -> dict:
     else:
         engine = Engine(run.model, run.tokenizer, max_batch_size=batch, max_seq_len=max_seq_len,
                         matmul_dtype=torch.bfloat16 if cfg.rollout_dtype == "bfloat16" else None)
-    loss_cfg = cfg.loss_config()
+    loss_cfg = cfg.loss
     last: dict = {}
     with MetricsLogger(run.dir, total_steps=cfg.run.steps, start_step=run.start_step,
                        show=("reward", "accuracy", "completion_len"), progress=cfg.run.progress,
@@ -332,8 +329,7 @@ def train(cfg: GRPOConfig) -> dict:
             record = {
                 "reward": r.rewards.mean().item(), "reward_std": r.rewards.std().item(),
                 **{f"reward/{k}": _mean(v) for k, v in r.per_reward.items()},
-                # correctness: the accuracy reward, or last_number where a recipe grades prose answers
-                "accuracy": _mean(r.per_reward.get("accuracy") or r.per_reward.get("last_number") or []),
+                "accuracy": r.correct.mean().item(),
                 "frac_zero_std": frac_zero_std,
                 "completion_len": lengths.mean().item(), "completion_len_max": lengths.max().item(),
                 "truncated": sum(c.finish_reason == "length" for c in r.completions) / len(r.completions),
@@ -368,18 +364,6 @@ def vllm_rollout_engine(run, cfg: GRPOConfig, max_seq_len: int):
 def _mean(values) -> float | None:
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return sum(vals) / len(vals) if vals else None
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from r1kit.training.cli import add_recipe_command
-
-    add_recipe_command(
-        sub, "grpo", GRPOConfig, train,
-        lambda cfg, last: f"done: {cfg.run.output_dir} (final model in {cfg.run.output_dir}/final)",
-        help="GRPO reinforcement learning with verifiable rewards",
-        description="Run GRPO from a YAML config; re-running the same command resumes from the last checkpoint "
-                    "in run.output_dir.",
-        example="--set beta=0.04 --set optim.lr=1e-5")
 
 
 __all__ = ["GRPOConfig", "completion_logps", "pack", "policy_update", "rollout", "train"]

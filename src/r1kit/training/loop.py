@@ -12,42 +12,39 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-from r1kit.errors import ConfigError
+from r1kit.config import configclass
 
 
-@dataclass
+@configclass
 class OptimConfig:
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    schedule: str = "constant"  # constant | cosine | linear
-    min_lr_ratio: float = 0.1
-    max_grad_norm: float = 1.0
+    lr: PositiveFloat = 1e-5
+    weight_decay: NonNegativeFloat = 0.0
+    warmup_steps: NonNegativeInt = 0
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    min_lr_ratio: NonNegativeFloat = 0.1
+    max_grad_norm: PositiveFloat = 1.0
 
 
-@dataclass
+@configclass
 class RunConfig:
     output_dir: str = "runs/run"
-    steps: int = 100
+    steps: PositiveInt = 100
     seed: int = 0
-    save_every: int = 50
-    keep_last: int = 2
-    dtype: str = "float32"  # float32 | bfloat16 (autocast for the forward/backward; master weights stay fp32)
+    save_every: PositiveInt = 50
+    keep_last: PositiveInt = 2
+    # autocast for the forward/backward; master weights stay fp32
+    dtype: Literal["float32", "bfloat16"] = "float32"
     gradient_checkpointing: bool = False
     progress: bool = True
     # MoE: apply the auxiliary-loss-free router-bias update after each step. None = the recipe's default:
     # on for pretraining, off (load only logged) for SFT and GRPO, as DeepSeek-V3 freezes the bias (gamma = 0)
     # at the end of pretraining.
     router_bias_update: bool | None = None
-
-    def __post_init__(self):
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"run.dtype must be float32 or bfloat16, got {self.dtype!r}")
-        if self.steps < 1 or self.save_every < 1 or self.keep_last < 1:
-            raise ConfigError("run.steps, run.save_every and run.keep_last must be >= 1")
 
 
 @dataclass

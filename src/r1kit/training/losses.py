@@ -10,14 +10,15 @@ The aggregation over tokens is the only difference between the loss types and is
 `AGGREGATIONS` by `loss_type`:
 
     grpo     mean over sequences of each sequence's token mean (DeepSeekMath)
-    bnpo     token mean over the micro-batch
+    bnpo     token mean over the batch
     dr_grpo  token sum / (B * max_completion_length)                 (Dr. GRPO: no length bias)
-    dapo     token sum / (completion tokens in the whole accumulated batch)      (DAPO)
+    dapo     token sum / completion tokens of the batch                (DAPO)
 
-Gradient accumulation: the returned loss is scaled so that summing `.backward()` over the micro-batches of one
-optimizer step gives the gradient of the objective over the accumulated batch, exactly as TRL does: grpo,
-bnpo and dr_grpo divide by `grad_accum_steps`; dapo divides by `num_accum_tokens`, which the caller counts
-over all micro-batches and passes in.
+"The batch" is always the whole optimizer step: a micro-batch's loss is its share of the step objective, with
+the normalizers (`step_sequences`, `step_tokens`) counted over every micro-batch of the step, so summing
+`.backward()` over the micro-batches gives the full-batch gradient however the step is cut (an uneven last
+slice after dynamic sampling included). On one process bnpo and dapo therefore coincide; TRL's bnpo divides
+each micro-batch by its own token count, which makes the objective depend on the cut.
 
 Also here: `selective_log_softmax` (per-token log-prob of given ids without materializing the full
 log-softmax), `entropy_from_logits`, SFT `cross_entropy_loss` with a loss mask, and logit distillation
@@ -30,19 +31,19 @@ masking, the MTP loss combination (it belongs to the model's training loop).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor
 
-from r1kit.errors import ConfigError
+from r1kit.config import configclass
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 
 
-@dataclass(frozen=True)
+@configclass(frozen=True)
 class GRPOLossConfig:
     """Options of the clipped-surrogate loss.
 
@@ -53,64 +54,41 @@ class GRPOLossConfig:
     """
 
     loss_type: LossType = "grpo"
-    epsilon_low: float = 0.2
-    epsilon_high: float | None = None
-    beta: float = 0.0
-    max_completion_length: int | None = None  # required by dr_grpo
-    tis_cap: float | None = None
+    epsilon_low: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    epsilon_high: NonNegativeFloat | None = None
+    beta: NonNegativeFloat = 0.0
+    max_completion_length: PositiveInt | None = None  # dr_grpo's L; GRPOConfig sets it to max_new_tokens
+    tis_cap: PositiveFloat | None = None
     unbiased_kl: bool = False
 
     def __post_init__(self) -> None:
-        if self.loss_type not in AGGREGATIONS:
-            raise ConfigError(f"loss_type must be one of {sorted(AGGREGATIONS)}, got {self.loss_type!r}")
         if self.epsilon_high is None:
             object.__setattr__(self, "epsilon_high", self.epsilon_low)
-        if not 0 <= self.epsilon_low < 1:
-            raise ConfigError(f"epsilon_low must be in [0, 1), got {self.epsilon_low}")
-        if self.epsilon_high < 0:
-            raise ConfigError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
-        if self.beta < 0:
-            raise ConfigError(f"beta must be >= 0, got {self.beta}")
-        if self.loss_type == "dr_grpo" and not (self.max_completion_length or 0) > 0:
-            raise ConfigError("loss_type 'dr_grpo' needs max_completion_length > 0")
-        if self.tis_cap is not None and self.tis_cap <= 0:
-            raise ConfigError(f"tis_cap must be > 0, got {self.tis_cap}")
 
 
 # --------------------------------------------------------------------------------------------- aggregation
 # Each takes the masked per-token loss x [B, T] (zeros where mask is 0), the mask [B, T] (float), the config,
-# grad_accum_steps and num_accum_tokens, and returns this micro-batch's share of the accumulated loss.
-TokenCount = Tensor | float | None
-Aggregation = Callable[[Tensor, Tensor, GRPOLossConfig, int, TokenCount], Tensor]
+# and the step's completion count and token count; it returns this micro-batch's share of the step's loss.
+Aggregation = Callable[[Tensor, Tensor, GRPOLossConfig, float, Tensor], Tensor]
 
 
-def _aggregate_grpo(x: Tensor, mask: Tensor, cfg: GRPOLossConfig, steps: int, tokens: TokenCount) -> Tensor:
-    return (x.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / steps
+def _aggregate_grpo(x: Tensor, mask: Tensor, cfg: GRPOLossConfig, sequences: float, tokens: Tensor) -> Tensor:
+    return (x.sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / sequences
 
 
-def _aggregate_bnpo(x: Tensor, mask: Tensor, cfg: GRPOLossConfig, steps: int, tokens: TokenCount) -> Tensor:
-    return x.sum() / mask.sum().clamp(min=1.0) / steps
+def _aggregate_tokens(x: Tensor, mask: Tensor, cfg: GRPOLossConfig, sequences: float, tokens: Tensor) -> Tensor:
+    return x.sum() / tokens.clamp(min=1.0)
 
 
-def _aggregate_dr_grpo(
-    x: Tensor, mask: Tensor, cfg: GRPOLossConfig, steps: int, tokens: TokenCount
-) -> Tensor:
-    return x.sum() / (x.size(0) * cfg.max_completion_length) / steps
-
-
-def _aggregate_dapo(x: Tensor, mask: Tensor, cfg: GRPOLossConfig, steps: int, tokens: TokenCount) -> Tensor:
-    if tokens is None:
-        if steps != 1:
-            raise ValueError("loss_type 'dapo' with grad_accum_steps > 1 needs num_accum_tokens")
-        tokens = mask.sum()
-    return x.sum() / torch.as_tensor(tokens, dtype=x.dtype, device=x.device).clamp(min=1.0)
+def _aggregate_dr_grpo(x: Tensor, mask: Tensor, cfg: GRPOLossConfig, sequences: float, tokens: Tensor) -> Tensor:
+    return x.sum() / (sequences * cfg.max_completion_length)
 
 
 AGGREGATIONS: dict[str, Aggregation] = {
     "grpo": _aggregate_grpo,
-    "bnpo": _aggregate_bnpo,
+    "bnpo": _aggregate_tokens,
     "dr_grpo": _aggregate_dr_grpo,
-    "dapo": _aggregate_dapo,
+    "dapo": _aggregate_tokens,
 }
 
 
@@ -130,8 +108,8 @@ def grpo_loss(
     old_logps: Tensor | None = None,
     ref_logps: Tensor | None = None,
     rollout_logps: Tensor | None = None,
-    grad_accum_steps: int = 1,
-    num_accum_tokens: Tensor | float | None = None,
+    step_sequences: int | None = None,
+    step_tokens: Tensor | float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Clipped-surrogate GRPO loss of one micro-batch.
 
@@ -146,15 +124,15 @@ def grpo_loss(
         rollout_logps: [B, T] log-probs reported by the rollout engine; with cfg.tis_cap set, each token's
             loss is weighted by min(exp(old - rollout), tis_cap) (truncated importance sampling), correcting
             for the engine/trainer mismatch.
-        grad_accum_steps: micro-batches per optimizer step (grpo, bnpo, dr_grpo divide by it).
-        num_accum_tokens: completion tokens over all micro-batches of the optimizer step (dapo).
+        step_sequences: completions in the whole optimizer step (all its micro-batches); None = this batch's.
+        step_tokens: counted completion tokens (mask sum) in the whole optimizer step; None = this batch's.
 
     Returns:
         (loss, metrics): loss is a scalar to call backward on; metrics are floats over this micro-batch's
         completion tokens: `kl` (when beta > 0), `clip_ratio/low`, `clip_ratio/high`, `clip_ratio/region`
         (fraction of tokens where the clip is active: rho < 1-eps_low with A < 0, rho > 1+eps_high with
-        A > 0), `ratio/mean|min|max` of rho, `tis/mean` (when TIS is on) and `policy_loss` (unscaled by
-        gradient accumulation).
+        A > 0), `ratio/mean|min|max` of rho, `tis/mean` (when TIS is on) and `policy_loss` (this micro-batch's
+        loss on its own, not its share of the step).
     """
     if logps.shape != completion_mask.shape:
         raise ValueError(
@@ -164,6 +142,8 @@ def grpo_loss(
         raise ValueError("beta > 0 needs ref_logps")
     if cfg.tis_cap is not None and rollout_logps is None:
         raise ValueError("tis_cap is set but rollout_logps is None")
+    if cfg.loss_type == "dr_grpo" and cfg.max_completion_length is None:
+        raise ValueError("loss_type 'dr_grpo' needs max_completion_length")
     mask = completion_mask.to(logps.dtype)  # [B, T]
     adv = advantages.to(logps.dtype)
     adv = adv.unsqueeze(1) if adv.dim() == 1 else adv  # [B, 1] or [B, T]
@@ -181,8 +161,10 @@ def grpo_loss(
 
     x = per_token * mask
     aggregate = AGGREGATIONS[cfg.loss_type]
-    loss = aggregate(x, mask, cfg, grad_accum_steps, num_accum_tokens)
-    policy_loss = aggregate(x.detach(), mask, cfg, 1, None)  # this micro-batch alone, for logging
+    own_tokens = mask.sum()
+    tokens = own_tokens if step_tokens is None else torch.as_tensor(step_tokens, dtype=x.dtype, device=x.device)
+    loss = aggregate(x, mask, cfg, step_sequences or x.size(0), tokens)
+    policy_loss = aggregate(x.detach(), mask, cfg, x.size(0), own_tokens)  # this micro-batch alone, for logging
 
     with torch.no_grad():
         n = mask.sum().clamp(min=1.0)

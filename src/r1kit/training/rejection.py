@@ -22,49 +22,41 @@ filters on code blocks or paragraph length.
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from r1kit.errors import ConfigError
+from pydantic import Field, NonNegativeFloat, PositiveInt
+
+from r1kit.config import configclass
 from r1kit.training.tasks import TaskData
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 REASONS = ("truncated", "format", "incorrect", "language", "repetitive", "duplicate", "over_cap")
 
 
-@dataclass
+@configclass
 class FilterConfig:
     language: str = "en"  # target language of the reasoning (a code of r1kit.rewards.language)
-    min_language: float = 0.95  # minimum language reward (share of words in the target script)
-    max_repeat_ratio: float = 0.5  # maximum share of repeated word n-grams
-    ngram: int = 4
-    max_tokens: int | None = None  # reject replies longer than this many tokens (None: only truncation)
-    max_per_prompt: int = 4
-
-    def __post_init__(self):
-        if not 0 <= self.min_language <= 1 or not 0 <= self.max_repeat_ratio <= 1:
-            raise ConfigError("filters.min_language and filters.max_repeat_ratio must be in [0, 1]")
-        if self.ngram < 1 or self.max_per_prompt < 1:
-            raise ConfigError("filters.ngram and filters.max_per_prompt must be >= 1")
+    min_language: Fraction = 0.95  # minimum language reward (share of words in the target script)
+    max_repeat_ratio: Fraction = 0.5  # maximum share of repeated word n-grams
+    ngram: PositiveInt = 4
+    max_tokens: PositiveInt | None = None  # reject replies longer than this many tokens (None: only truncation)
+    max_per_prompt: PositiveInt = 4
 
 
-@dataclass
+@configclass
 class SamplingConfig:
-    samples_per_prompt: int = 4
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    batch_size: int = 64  # concurrent sequences in the engine
-
-    def __post_init__(self):
-        if self.samples_per_prompt < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ConfigError("sampling.samples_per_prompt, max_new_tokens and batch_size must be >= 1")
-        if self.temperature < 0:
-            raise ConfigError("sampling.temperature must be >= 0")
+    samples_per_prompt: PositiveInt = 4
+    temperature: NonNegativeFloat = 0.7
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    max_new_tokens: PositiveInt = 256
+    batch_size: PositiveInt = 64  # concurrent sequences in the engine
 
 
-@dataclass
+@configclass
 class RejectionConfig:
     model: str = "toy-moe"
     tokenizer: str | None = None
@@ -201,17 +193,9 @@ def rejection_sample(cfg: RejectionConfig) -> dict:
     return summary
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from r1kit.training.cli import add_recipe_command
-
-    add_recipe_command(
-        sub, "rejection-sample", RejectionConfig, rejection_sample,
-        lambda cfg, summary: f"kept {summary['kept']} of {summary['candidates']} replies -> {cfg.output}; rejected: "
-                             + ", ".join(f"{k} {v}" for k, v in summary["rejected"].items()),
-        help="sample, verify and filter replies into an SFT dataset",
-        description="Sample k replies per task prompt, keep verified ones (R1 filters), write a chat JSONL for "
-                    "`r1kit sft` and a summary of kept/rejected counts.",
-        example="--set sampling.samples_per_prompt=8")
+def summarize(cfg: RejectionConfig, summary: dict) -> str:
+    rejected = ", ".join(f"{k} {v}" for k, v in summary["rejected"].items())
+    return f"kept {summary['kept']} of {summary['candidates']} replies -> {cfg.output}; rejected: {rejected}"
 
 
 __all__ = ["Candidate", "FilterConfig", "RejectionConfig", "SamplingConfig", "reject_reason", "rejection_sample",
