@@ -81,3 +81,65 @@ def zero_std_mask(rewards: Tensor, group_size: int) -> Tensor:
 def zero_std_fraction(rewards: Tensor, group_size: int) -> float:
     """Fraction of groups with zero reward std (no learning signal) -- the metric `frac_zero_std`."""
     return zero_std_mask(rewards, group_size).float().mean().item()
+
+
+# ------------------------------------------------------------------------------ PPO (per-token) advantages
+def terminal_rewards(scores: Tensor, mask: Tensor) -> Tensor:
+    """Per-token rewards [B, T] that are 0 everywhere except `scores[b]` at row b's last real token.
+
+    scores: [B] one reward per completion; mask: [B, T] right-padded (1 for real tokens, then 0). A row with
+    no real token gets no reward. Add per-token terms (e.g. -beta * KL) to the result for RLHF-style PPO.
+    """
+    lengths = mask.long().sum(dim=1)  # [B]
+    out = torch.zeros(mask.shape, dtype=torch.promote_types(scores.dtype, torch.float32), device=mask.device)
+    rows = (lengths > 0).nonzero().squeeze(1)
+    out[rows, lengths[rows] - 1] = scores[rows].to(out.dtype)
+    return out
+
+
+def gae(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation (Schulman et al., 2016) over right-padded token sequences.
+
+        delta_t = r_t + gamma * V_{t+1} - V_t,    A_t = delta_t + gamma * lam * A_{t+1},    R_t = A_t + V_t
+
+    where V_{t+1} and A_{t+1} are 0 after a row's last real token (the terminal: a truncated completion is
+    treated as ended too; bootstrapping it is left out).
+
+    Args:
+        rewards: [B, T] per-token rewards (see `terminal_rewards`); values: [B, T] the critic's V(s_t) for the
+            state before token t is chosen (no gradient flows through them); mask: [B, T] 1 for real tokens,
+            then 0 (right padding; a 0 followed by a 1 is an error).
+
+    Returns:
+        (advantages, returns), both [B, T] float32 or wider, 0 at padded positions.
+    """
+    if not rewards.shape == values.shape == mask.shape or rewards.dim() != 2:
+        raise ValueError(f"rewards {tuple(rewards.shape)}, values {tuple(values.shape)} and mask "
+                         f"{tuple(mask.shape)} must be the same [B, T]")
+    m = mask.to(torch.promote_types(values.dtype, torch.float32))
+    if (m[:, 1:] > m[:, :-1]).any():
+        raise ValueError("mask must be right-padded: 1s then 0s in every row")
+    r, v = rewards.detach().to(m.dtype) * m, values.detach().to(m.dtype) * m  # [B, T], 0 on padding
+    adv = torch.zeros_like(m)
+    next_value, next_adv = torch.zeros_like(m[:, 0]), torch.zeros_like(m[:, 0])  # [B]: 0 past the end
+    for t in reversed(range(m.size(1))):
+        delta = r[:, t] + gamma * next_value - v[:, t]
+        adv[:, t] = (delta + gamma * lam * next_adv) * m[:, t]
+        next_value, next_adv = v[:, t], adv[:, t]
+    return adv, (adv + v) * m
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """(x - mean) / sqrt(var + eps) over the masked tokens (PPO's advantage whitening), 0 at padding.
+
+    Mean and variance are over positions where mask is 1; the variance is Bessel-corrected, as in TRL.
+    shift_mean=False keeps the mean (PPO whitens rewards that way). Needs >= 2 masked tokens.
+    """
+    m = mask.to(x.dtype)
+    n = m.sum()
+    mean = (x * m).sum() / n
+    var = ((x - mean) ** 2 * m).sum() / (n - 1)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    return (out if shift_mean else out + mean) * m
