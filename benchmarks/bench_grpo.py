@@ -37,14 +37,16 @@ def export_smollm2(directory: Path) -> Path:
     return directory
 
 
-def run_r1kit(model_dir: Path, steps: int, out: Path, **extra) -> tuple[list[float], list[float]]:
+def run_r1kit(model_dir: Path, steps: int, out: Path, loss: dict | None = None,
+              **extra) -> tuple[list[float], list[float]]:
     from r1kit.config import load_config
     from r1kit.training.grpo import GRPOConfig, train
     from r1kit.training.metrics import read_metrics
 
     cfg = load_config(GRPOConfig, overrides={
         "model": str(model_dir), "questions_per_step": 2, "num_generations": 8, "max_new_tokens": 128,
-        "temperature": 0.7, "beta": 0.04, "rewards": {"last_number": 1.0}, "micro_batch_size": 16,
+        "temperature": 0.7, "loss": {"beta": 0.04, **(loss or {})}, "rewards": {"last_number": 1.0},
+        "micro_batch_size": 16,
         "data": {"tasks": ["addition"], "level": 2, "num_train": 200,
                  "prompt_template": PROMPT},
         "optim": {"lr": 1e-6}, "run": {"output_dir": str(out), "steps": steps, "save_every": 10_000}, **extra,
@@ -106,7 +108,7 @@ def main() -> None:
         results["r1kit"] = run_r1kit(model_dir, args.steps, Path(d) / "r1kit")
         # r1kit's fastest CPU setting: rollouts with bf16 matmuls, the trainer in fp32, TIS for the difference
         results["r1kit-bf16-rollouts"] = run_r1kit(model_dir, args.steps, Path(d) / "r1kit-bf16",
-                                                   rollout_dtype="bfloat16", tis_cap=2.0)
+                                                   rollout_dtype="bfloat16", loss={"tis_cap": 2.0})
         if not args.skip_trl:
             results["trl"] = run_trl(model_dir, args.steps, Path(d) / "trl")
     print(f"GRPO on SmolLM2-135M: 2 questions x G=8, 128 new tokens, beta 0.04, fp32, {torch.get_num_threads()} "
