@@ -1,4 +1,4 @@
-"""Group-relative advantages for GRPO (DeepSeekMath §4.1.2) and DAPO's dynamic-sampling filter.
+"""Advantages: group-relative for GRPO (DeepSeekMath §4.1.2), DAPO's dynamic-sampling filter, and GAE for PPO.
 
 Rewards come in group-major order: the G completions of question q occupy `rewards[q*G:(q+1)*G]` (or row q
 of a [B, G] tensor). Every token of completion i gets the same advantage
@@ -9,7 +9,11 @@ where std is the group's std (`scale_rewards="group"`, R1/DeepSeekMath), the std
 (`"batch"`, as TRL does; more robust when a group's rewards are nearly equal), or no division at all
 (`"none"`, Dr. GRPO). Stds are unbiased (Bessel-corrected), as in TRL.
 
-Left out: per-token (process) rewards, multi-objective "normalize then sum" aggregation, NaN (unscorable)
+PPO, the baseline GRPO replaced, uses a critic instead of the group: `gae` (generalized advantage estimation
+over per-token rewards, γ and λ), `terminal_rewards` (an outcome reward on each reply's last token) and
+`masked_whiten`.
+
+Left out: process rewards for GRPO, multi-objective "normalize then sum" aggregation, NaN (unscorable)
 rewards -- the caller replaces or drops those before calling in here.
 """
 

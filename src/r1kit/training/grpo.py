@@ -211,14 +211,12 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: i
 
 def completion_logps(model, ids: torch.Tensor, attn: torch.Tensor, P: int, temperature: float,
                      with_entropy: bool = False):
-    """Per-token log-probs (B, C) of the completion tokens under softmax(logits / T); optional entropy."""
-    from r1kit.training.losses import entropy_from_logits, selective_log_softmax
+    """Per-token log-probs (B, C) of the completion tokens under softmax(logits / T); optional entropy (a metric,
+    detached). Fused with the output projection in chunks: the (B, C, V) logits are never built."""
+    from r1kit.training.logprobs import completion_logprobs
 
-    h = model.hidden(ids, attention_mask=attn)  # (B, P+C, d)
-    logits = model.lm_head(h[:, P - 1:-1]).float() / temperature  # (B, C, V): only completion positions
-    logps = selective_log_softmax(logits, ids[:, P:])
-    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
-    return logps, entropy
+    logps, entropy = completion_logprobs(model, ids, attn, P, temperature=temperature, with_entropy=with_entropy)
+    return logps, None if entropy is None else entropy.detach()
 
 
 @torch.no_grad()
