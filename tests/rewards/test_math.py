@@ -1,4 +1,9 @@
-"""math_equal against hand-labelled cases, grouped by the rule each group exercises; extraction tests."""
+"""math_equal against hand-labelled cases, grouped by the rule each group exercises; extraction tests.
+
+The newer groups (complex numbers, variables with coefficients, matrices and vectors, explanations after the
+answer) also check each label against an independent reference, math-verify or sympy, wherever that
+reference is right: the label itself is checked, not only r1kit against it.
+"""
 
 import threading
 import time
@@ -169,7 +174,7 @@ def test_hard_timeout_from_a_thread():
     ("<think>x</think>Answer: $3\\sqrt{2}$", "3\\sqrt{2}"),
     ("<think>x</think>**Final Answer**\n$\\boxed{17}$", "17"),
     ("<think>x</think>**Final Answer:** 17", "17"),
-    ("<think>x</think>The final answer is 8. Hope it helps.", "8. Hope it helps"),
+    ("<think>x</think>The final answer is 8. Hope it helps.", "8"),
     ("No think tags, \\boxed{3}", "3"),
     ("<think>x</think>I could not solve it.", None),
     ("", None),
@@ -191,3 +196,141 @@ def test_extract_answer(text, expected):
 ])
 def test_extract_choice(text, expected):
     assert extract_choice(text, n_choices=4) == expected
+
+
+# ------------------------------------------------------------ labelled cases checked against a reference
+# (pred, gold, expected, reference). reference "mv": math-verify's own parse/verify of `$pred$` and `$gold$`;
+# ("sympy", p, g): the two answers transcribed into sympy by hand; the reference must agree with the label.
+MV = "mv"
+REFERENCED = {
+    # `i` is a variable to both sides, never a unit: "2 i" is not 2
+    "complex_numbers": [
+        ("2 i", "2", False, MV), ("2i", "2", False, MV), ("3 i", "3", False, MV), ("2 i", "2i", True, ("sympy", "2*I", "2*I")),
+        ("2+3i", "3i+2", True, MV), ("2 + 3 i", "2+3i", True, ("sympy", "2 + 3*I", "3*I + 2")),
+        ("2-3i", "2+3i", False, MV), ("-i", "i", False, MV), ("i", "1", False, MV), ("1-i", "1+i", False, MV),
+        ("\\frac{1+i}{2}", "\\frac{1}{2}+\\frac{i}{2}", True, MV), ("5i", "-5i", False, MV),
+    ],
+    # a letter after a number is a variable unless it is a listed unit: "3 x" is 3x, "x = 2 y" is not 2
+    "variables_with_coefficients": [
+        ("3 x", "3x", True, MV), ("3x", "3 x", True, MV), ("3 x", "3", False, MV), ("x = 2 y", "2", False, MV),
+        ("x = 2 y", "2y", True, MV), ("2 y", "2", False, MV), ("2 n + 1", "2n+1", True, MV), ("2 n", "2", False, MV),
+        ("4 a b", "4ab", True, MV), ("3 \\pi", "3\\pi", True, MV), ("3 \\pi", "3", False, MV),
+        # math-verify's own unit list reads t, s, m and "ab" as units here; sympy does not
+        ("4 a b", "4", False, ("sympy", "4*a*b", "4")), ("2 t", "2", False, ("sympy", "2*t", "2")),
+        ("2 s", "2", False, ("sympy", "2*s", "2")), ("k = 3 m", "3", False, ("sympy", "3*m", "3")),
+        # listed units go, in text markup or as words after a number
+        ("5 \\text{ cm}", "5", True, MV), ("5\\,\\text{cm}", "5", True, MV), ("5\\text{ m}", "5", True, MV),
+        ("12 \\text{ square units}", "12", True, MV), ("7 \\text{ inches}", "7", True, MV),
+        ("10\\text{ cm}^2", "10", True, MV), ("6\\sqrt{2}\\text{ cm}", "6\\sqrt{2}", True, MV),
+        ("1,000 \\text{ dollars}", "1000", True, MV), ("2 \\text{ hours}", "2", True, MV),
+        ("5 cm", "5", True, ("sympy", "5", "5")), ("3 sq. ft", "3", True, ("sympy", "3", "3")),
+        ("6 cm", "5", False, ("sympy", "6", "5")),
+    ],
+    # LaTeX spacing, `\\` row breaks (followed by a space or a newline) and `&` do not change a matrix
+    "matrices_vectors": [
+        ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", True, MV),
+        ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", True, MV),
+        ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True, MV),
+        ("\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", False, MV),
+        ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 5 \\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", False, MV),
+        ("\\begin{bmatrix} 1 & 2 \\\\\n 3 & 4 \\end{bmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", True,
+         ("sympy", "Matrix([[1, 2], [3, 4]])", "Matrix([[1, 2], [3, 4]])")),
+        ("\\begin{pmatrix} -1 \\\\ \\frac{1}{2} \\end{pmatrix}", "\\begin{pmatrix}-1\\\\0.5\\end{pmatrix}", True, MV),
+        ("\\begin{pmatrix} 1 & 2 & 3 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\\\3\\end{pmatrix}", False, MV),
+        ("\\begin{pmatrix} 1 \\\\ 2 \\\\ 3 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", False, MV),
+        ("\\begin{pmatrix}\\,1\\, & 0 \\\\ 0 & 1\\end{pmatrix}", "\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}", True, MV),
+        ("\\begin{pmatrix} 0 & 1 \\\\ 1 & 0 \\end{pmatrix}", "\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}", False, MV),
+        ("\\begin{pmatrix} x \\\\ 2 y \\end{pmatrix}", "\\begin{pmatrix}x\\\\2y\\end{pmatrix}", True, MV),
+    ],
+}
+REF_FLAT = [(group, *c) for group, cases in REFERENCED.items() for c in cases]
+
+
+def _reference(pred: str, gold: str, reference) -> bool:
+    if reference == MV:
+        mv = pytest.importorskip("math_verify")
+        return bool(mv.verify(mv.parse(f"${gold}$"), mv.parse(f"${pred}$")))
+    sympy = pytest.importorskip("sympy")
+    _, p, g = reference
+    a, b = sympy.sympify(p), sympy.sympify(g)
+    if isinstance(a, sympy.MatrixBase) or isinstance(b, sympy.MatrixBase):
+        return isinstance(a, sympy.MatrixBase) and isinstance(b, sympy.MatrixBase) and a.shape == b.shape and a == b
+    return sympy.simplify(a - b) == 0
+
+
+@pytest.mark.parametrize(("group", "pred", "gold", "expected", "reference"), REF_FLAT,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(REF_FLAT)])
+def test_math_equal_with_reference(group, pred, gold, expected, reference):
+    assert _reference(pred, gold, reference) is expected  # the label, checked independently
+    assert math_equal(pred, gold, timeout=10) is expected
+
+
+# A stated answer followed by its justification: (reply after </think>, gold, extracted, correct, reference).
+# reference "mv": math-verify reading the whole reply agrees; None: math-verify reads the last number of the
+# reply instead, so it is no reference there (the extracted answer is checked by hand).
+EXPLAINED = [
+    ("The answer is 12 because 3 * 4 = 12.", "12", "12", True, MV),
+    ("The answer is 12 because 3 \\cdot 4 = 12.", "12", "12", True, MV),
+    ("The answer is $12$ since $3 \\cdot 4 = 12$.", "12", "12", True, MV),
+    ("The answer is 7, since 3 + 4 = 7.", "7", "7", True, MV),
+    ("The answer is 5 as 10 / 2 = 5.", "5", "5", True, MV),
+    ("The answer is 6. Indeed 2 + 4 = 6.", "6", "6", True, MV),
+    ("The answer is 4, which is 2 squared.", "4", "4", True, MV),
+    ("The answer is 10 cm since each side is 5 cm.", "10", "10 cm", True, MV),
+    ("The answer is 3.5 because 7 / 2 = 3.5", "3.5", "3.5", True, MV),
+    ("The answer is 1,000 because 10^3 = 1000.", "1000", "1,000", True, MV),
+    ("Final answer: $\\frac{1}{2}$, which is 0.5.", "\\frac12", "\\frac{1}{2}", True, MV),
+    ("The answer is 15 because 3 * 5 = 15.", "16", "15", False, MV),
+    ("The answer is 8 because 2 * 4 = 8, so not 9.", "9", "8", False, MV),
+    ("The answer is 6. Indeed 2 + 5 = 7.", "6", "6", True, None),
+    ("The answer is $x = 3$ because $2x = 6$.", "3", "x = 3", True, None),
+    ("The answer is 3 or 4 because both work.", "3", "3 or 4", False, None),  # a hedge stays a hedge
+    ("The answer is 3. No wait, the answer is 4.", "4", "4", True, None),  # the last statement wins
+]
+
+
+@pytest.mark.parametrize(("reply", "gold", "extracted", "correct", "reference"), EXPLAINED)
+def test_explanations_after_the_answer(reply, gold, extracted, correct, reference):
+    if reference == MV:
+        mv = pytest.importorskip("math_verify")
+        assert bool(mv.verify(mv.parse(f"${gold}$"), mv.parse(reply))) is correct
+    found = extract_answer(f"<think>working</think>{reply}")
+    assert found == extracted
+    assert math_equal(found, gold, timeout=10) is correct
+
+
+@pytest.mark.parametrize("garbage", ["5 " + "cm " * 3000 + "!", "5 " + "cm" * 3000, "1" * 5000 + "!",
+                                     "5 " + "cm." * 3000 + "x", "5 \\text{" + "cm " * 3000 + "!}"])
+def test_unit_words_are_linear_too(garbage):
+    t = time.perf_counter()
+    normalize(garbage)
+    assert time.perf_counter() - t < 0.1
+
+
+# ------------------------------------------------------------ answers of prefilled and malformed replies
+@pytest.mark.parametrize(("text", "prefilled", "expected"), [
+    ("thinking: maybe \\boxed{42}", True, None),  # truncated after the template's <think>: all reasoning
+    ("thinking: maybe \\boxed{42}", False, "42"),  # no block at all: all answer
+    ("thinking \\boxed{41}</think>\\boxed{42}", True, "42"),
+    ("thinking \\boxed{41}</think>\\boxed{42}", False, "42"),  # an undetected prefill still closes the block
+    ("a</think>\\boxed{42}</think>\\boxed{43}", True, None),  # double-closed: both boxes are in the answer part
+    ("a \\boxed{41}</think>so</think>The answer is 42.", True, "42"),
+])
+def test_extract_answer_is_prefill_aware(text, prefilled, expected):
+    assert extract_answer(text, prefilled_think=prefilled) == expected
+
+
+def test_extract_choice_is_prefill_aware():
+    assert extract_choice("I lean to Answer: B", prefilled_think=True) is None
+    assert extract_choice("I lean to\nAnswer: B", prefilled_think=False) == "B"
+
+
+@pytest.mark.parametrize("tail", ["\\boxed{" * 20000, "\\boxed " * 20000, "The answer is 12" + " " * 20000 + "x",
+                                  "The answer is " + "\\(" * 20000, "Answer:" + " " * 20000 + "x",
+                                  "\n" * 20000 + "Answer: 3"])
+def test_extraction_is_linear_on_degenerate_replies(tail):
+    """Small models repeat themselves: unclosed boxes, blank runs and unmatched math openers once cost quadratic
+    (minutes for 20k characters) in box matching, math-delimiter pairing and the explanation cut."""
+    t = time.perf_counter()
+    extract_answer(f"<think>x</think>{tail}")
+    assert time.perf_counter() - t < 1.0

@@ -75,6 +75,75 @@ def test_accuracy_kinds():
                                 max_tokens=10) == pytest.approx(1.0)
 
 
+# ---- every reward reads the answer part as r1kit.reasoning splits it ----------------------------------------------
+CODE = "```python\ndef f(x):\n    return x + 1\n```"
+TESTS = "assert f(1) == 2"
+
+
+@pytest.mark.parametrize(("name", "text", "example", "expected"), [
+    # truncated after the template's <think>: the reply never reached an answer, whatever its reasoning wrote
+    ("accuracy", "so it is \\boxed{42}, let me check", {"answer": "42"}, 0.0),
+    ("last_number", "so it is 42, let me check", {"answer": "42"}, 0.0),
+    ("accuracy", "Answer: C and then", {"answer": "C", "choices": list("1234")}, 0.0),
+    ("accuracy", f"I will write {CODE}", {"tests": TESTS}, 0.0),
+    ("cosine", "so \\boxed{42}", {"answer": "42", "completion_tokens": 0, "max_tokens": 10}, -1.0),
+    ("format", "so \\boxed{42}", {}, 0.0),
+    # the same replies, closed: full credit
+    ("accuracy", "so it is 42</think>\\boxed{42}", {"answer": "42"}, 1.0),
+    ("last_number", "so it is 41</think>It is 42.", {"answer": "42"}, 1.0),
+    ("accuracy", "hmm</think>Answer: C", {"answer": "C", "choices": list("1234")}, 1.0),
+    ("accuracy", f"plan</think>{CODE}", {"tests": TESTS}, 1.0),
+    ("cosine", "so</think>\\boxed{42}", {"answer": "42", "completion_tokens": 0, "max_tokens": 10}, 1.0),
+    ("format", "so</think>\\boxed{42}", {}, 1.0),
+    # a box in the reasoning is never the answer
+    ("accuracy", "\\boxed{42}</think>I am not sure.", {"answer": "42"}, 0.0),
+    ("last_number", "42</think>I am not sure.", {"answer": "42"}, 0.0),
+    # double-closed: everything after the first </think> is the answer part
+    ("accuracy", "a</think>\\boxed{41}</think>\\boxed{42}", {"answer": "42"}, 0.0),  # two different boxes
+    ("accuracy", "\\boxed{41}</think>b</think>\\boxed{42}", {"answer": "42"}, 1.0),
+    ("format", "a</think>b</think>\\boxed{42}", {}, 0.0),
+])
+def test_rewards_under_a_prefilled_think(name, text, example, expected):
+    assert get_reward(name)(text, prefilled_think=True, **example) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("name", "text", "example", "expected"), [
+    # never opened, not prefilled: the whole reply is the answer (the format reward still wants a block)
+    ("accuracy", "so it is \\boxed{42}", {"answer": "42"}, 1.0),
+    ("last_number", "so it is 42", {"answer": "42"}, 1.0),
+    ("format", "so it is \\boxed{42}", {}, 0.0),
+    # opened by the model and cut off: no answer
+    ("accuracy", "<think>so it is \\boxed{42}", {"answer": "42"}, 0.0),
+    ("last_number", "<think>so it is 42", {"answer": "42"}, 0.0),
+    ("accuracy", f"<think>I will write {CODE}", {"tests": TESTS}, 0.0),
+])
+def test_rewards_without_a_prefill(name, text, example, expected):
+    assert get_reward(name)(text, prefilled_think=False, **example) == pytest.approx(expected)
+
+
+def test_language_reward_reads_a_truncated_prefilled_reply_as_reasoning():
+    # 2 English words + 1 Chinese character, all reasoning (the block never closed)
+    assert language_reward("we add 加", language="en", prefilled_think=True) == pytest.approx(2 / 3)
+    assert language_reward("we add 加</think>答案", language="en", prefilled_think=True) == pytest.approx(2 / 3)
+
+
+def test_combine_passes_the_prefill_fact_to_every_reward():
+    example = {"answer": "42", "prefilled_think": True}
+    total, per = combine_rewards("maybe \\boxed{42}", example, {"accuracy": 1.0, "format": 1.0})
+    assert per == {"accuracy": 0.0, "format": 0.0} and total == 0.0
+
+
+def test_register_reward_refuses_a_taken_name_and_adds_a_new_one(monkeypatch):
+    from r1kit.rewards import registry
+
+    monkeypatch.setattr(registry, "REWARDS", dict(registry.REWARDS))  # a private copy: the real one is untouched
+    with pytest.raises(R1kitError, match="already registered"):
+        registry.register_reward("accuracy", lambda completion, **_: 1.0)
+    registry.register_reward("sevens", lambda completion, **_: float(completion.count("7")))
+    assert registry.get_reward("sevens")("777") == 3.0
+    assert "sevens" not in REWARDS
+
+
 def test_combine_excludes_none_and_reports_it():
     example = {"answer": "42", "language": "en"}
     total, per = combine_rewards("<think>easy</think>\\boxed{42}", example,

@@ -5,6 +5,10 @@ A grader is three small functions chosen once by name (math | exact | choice | c
 against their problems, and `equal` says when two extracted answers count as the same vote for cons@k
 (None for code, where programs are not voted on).
 
+Every extractor reads only `completion.answer`: the answer part as `r1kit.reasoning` split the reply, knowing
+whether the prompt prefilled `<think>`. A sample cut off inside its think block has an empty answer part and
+so no answer, however many `\\boxed{}` its reasoning holds; `completion.text` is never searched.
+
 Leaves out: LLM-as-judge grading and partial credit (a code sample is correct only when every test passes).
 """
 
@@ -49,15 +53,19 @@ def _countdown(answer: str, problem: Problem) -> bool:
 
 
 def _extract_boxed(completion: Any, problem: Problem) -> str | None:
-    return r1kit.rewards.extract_answer(completion.text)
+    return r1kit.rewards.answer_in(completion.answer)
 
 
 def _extract_choice(completion: Any, problem: Problem) -> str | None:
-    return r1kit.rewards.extract_choice(completion.text, n_choices=problem.meta.get("n_choices", 4))
+    return r1kit.rewards.choice_in(completion.answer, n_choices=problem.meta.get("n_choices", 4))
+
+
+def _extract_last_number(completion: Any, problem: Problem) -> str | None:
+    return r1kit.rewards.last_number_in(completion.answer)
 
 
 def _extract_program(completion: Any, problem: Problem) -> str | None:
-    code = r1kit.rewards.extract_code(completion.text)  # the last code block after </think>
+    code = r1kit.rewards.code_in(completion.answer)  # the last code block of the answer part
     if code is None:
         return None
     # HumanEval-style: a reply that only gives the body is completed by the prompt's signature.
@@ -98,7 +106,7 @@ GRADERS: dict[str, Grader] = {
     "countdown": Grader(_extract_boxed, _each(_countdown), lambda a, b: normalize(a) == normalize(b)),
     # the last number of the reply: for small chat models that answer in prose (see rewards' last_number)
     "last_number": Grader(
-        lambda c, p: r1kit.rewards.registry.extract_last_number(c.text),
+        _extract_last_number,
         _each(lambda a, p: r1kit.rewards.math_equal(a, p.gold)),
         r1kit.rewards.math_equal,
     ),

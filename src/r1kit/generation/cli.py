@@ -110,32 +110,34 @@ def _generate(args) -> int:
 
 
 class _ReasoningPrinter:
-    """Prints streamed text, dimming the part inside <think>...</think>."""
+    """Prints a streamed reply, its reasoning dimmed, split as it streams by `r1kit.reasoning.ReasoningStream`
+    (the same split as `Completion.reasoning` / `.answer` and the server's `reasoning_content`)."""
 
     def __init__(self, prefilled: bool):
-        self.thinking, self.pending = prefilled, ""
-        if prefilled:
-            sys.stdout.write("\033[2m")
+        from r1kit.reasoning import ReasoningStream
+
+        self.split = ReasoningStream(prefilled)
+        self.dimmed = False
 
     def feed(self, delta: str) -> None:
-        text = self.pending + delta
-        self.pending = ""
-        while text:
-            tag = "</think>" if self.thinking else "<think>"
-            i = text.find(tag)
-            if i == -1:
-                keep = next((k for k in range(len(tag) - 1, 0, -1) if text.endswith(tag[:k])), 0)
-                sys.stdout.write(text[: len(text) - keep])
-                self.pending = text[len(text) - keep:]
-                break
-            sys.stdout.write(text[:i])
-            self.thinking = not self.thinking
-            sys.stdout.write("\033[2m" if self.thinking else "\033[0m\n")
-            text = text[i + len(tag):]
-        sys.stdout.flush()
+        self._write(*self.split.feed(delta))
 
     def close(self) -> None:
-        sys.stdout.write(self.pending + "\033[0m\n")
+        self._write(*self.split.finish())
+        sys.stdout.write("\033[0m\n")
+        sys.stdout.flush()
+
+    def _write(self, reasoning: str, answer: str) -> None:
+        if reasoning:
+            if not self.dimmed:
+                sys.stdout.write("\033[2m")
+                self.dimmed = True
+            sys.stdout.write(reasoning)
+        if answer:
+            if self.dimmed:  # the stream never goes back to reasoning once the answer started
+                sys.stdout.write("\033[0m\n")
+                self.dimmed = False
+            sys.stdout.write(answer)
         sys.stdout.flush()
 
 

@@ -11,9 +11,14 @@ import sys
 
 import sympy
 from math_verify import parse, verify
-from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig
+from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig, NormalizationConfig
 
-_CONFIG = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+# units=False: math-verify's own unit stripping swallows variables ("2t" -> 2, "4ab" -> 4, "k = 3m" -> k = 3);
+# `math_check.normalize` has already removed units, from an explicit list, before a pair reaches this worker.
+_NORMALIZATION = NormalizationConfig(basic_latex=True, units=False, malformed_operators=True, nits=True,
+                                     boxed="all", equations=False)
+_CONFIG = [LatexExtractionConfig(boxed_match_priority=0, normalization_config=_NORMALIZATION),
+           ExprExtractionConfig()]
 
 
 def _exact_numbers(a, b) -> bool | None:

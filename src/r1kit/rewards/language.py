@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from r1kit.rewards.answer import split_reasoning
+from r1kit.reasoning import split_reply
 
 LANGUAGE_SCRIPTS = {
     "en": "LATIN", "fr": "LATIN", "de": "LATIN", "es": "LATIN", "it": "LATIN", "pt": "LATIN", "vi": "LATIN",
@@ -46,16 +46,18 @@ def script_words(text: str) -> list[str]:
     return scripts
 
 
-def language_reward(completion: str, language: str = "en", **_: object) -> float | None:
+def language_reward(completion: str, language: str = "en", prefilled_think: bool | None = None,
+                    **_: object) -> float | None:
     """Fraction of the reasoning's words in `language`'s script; None for an unknown language code.
 
-    A completion without a think block is scored on the whole text; with no words at all it scores 1.0
-    (nothing is in the wrong language).
+    The reasoning is split by `r1kit.reasoning` (a reply cut off inside its block is all reasoning). A reply
+    without reasoning is scored on its answer; with no words at all it scores 1.0 (nothing is in the wrong
+    language).
     """
     target = LANGUAGE_SCRIPTS.get(language)
     if target is None:
         return None
-    reasoning, answer = split_reasoning(completion)
+    reasoning, answer = split_reply(completion, bool(prefilled_think))
     words = script_words(reasoning if reasoning.strip() else (answer or ""))
     if not words:
         return 1.0

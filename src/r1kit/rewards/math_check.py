@@ -1,16 +1,23 @@
 """`math_equal`: is a predicted answer equivalent to the gold answer?
 
 Two stages. (1) In process, no sympy: both sides are normalized (``$``, ``\\left``, ``\\dfrac``, ``\\text``,
-degrees, units and words after a number, ``x =``, thousands separators, AIME zero padding) and, when both
+spacing commands, degrees, a unit after a value, ``x =``, thousands separators, AIME zero padding) and, when both
 are plain numbers (integers, decimals, fractions, percentages, scientific notation), compared *exactly* as
 rationals. Most answers are decided here in microseconds. (2) Otherwise a worker process parses both with
 math-verify (latex2sympy2_extended) and compares symbolically: closed-form numbers exactly at 60 digits,
 everything else (sets, intervals, tuples, matrices, equations, expressions) with math-verify's `verify`. The
 worker is killed on timeout, so a pathological expression costs at most `timeout` seconds from any thread.
 
+Units are words of an explicit list (`_UNITS`; single letters such as ``m`` only inside ``\\text{}``), never
+"any letters": ``2 i``, ``3 x`` and ``x = 2 y`` keep their variable, so they are not 2, 3 and 2. The worker
+runs math-verify with its own unit stripping off for the same reason (it reads ``2t`` as 2). All regexes here
+match in linear time: grading must never hang on a long run of letters in a reply.
+
 Hedges are rejected before either stage: "3 or 4" is not 3.
 
-Left out: answers that need the question to interpret (e.g. "the second one"), unit conversion.
+Left out: answers that need the question to interpret (e.g. "the second one"), unit conversion, counting
+nouns that are not on the unit list ("12 students" is not 12), and ``i`` as the imaginary unit (it is a
+symbol like any other letter: ``2 - 3i`` is not ``2 + 3i``, but ``(1+i)^2`` is not simplified to ``2i``).
 """
 
 from __future__ import annotations
@@ -25,15 +32,64 @@ import threading
 import time
 from fractions import Fraction
 
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
-# words split by whitespace or a dot: a nested `(?:[a-zA-Z]+\s*)+` backtracks exponentially on a long run of letters
-_UNIT_WORDS = r"[a-zA-Z]+(?:(?:\.\s*|\s+)[a-zA-Z]+)*\.?\s*(?:\^?\{?[23]\}?)?"
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"  # one way to match a digit run: no quadratic backtracking
+
+# Units are words from this list, never "any letters": `2 i`, `3 x` and `x = 2 y` keep their variable.
+_UNITS = """
+    mm cm km meter meters metre metres millimeter millimeters centimeter centimeters kilometer kilometers
+    inch inches ft foot feet yd yard yards mi mile miles
+    ml liter liters litre litres gallon gallons gal quart quarts pint pints cup cups cc
+    mg kg gram grams kilogram kilograms milligram milligrams lb lbs pound pounds oz ounce ounces ton tons
+    sec secs second seconds min mins minute minutes hr hrs hour hours day days week weeks month months
+    year years yr yrs
+    dollar dollars cent cents euro euros way ways people
+    degree degrees deg radian radians rad percent
+    mph kph kmh per square sq cubic cu unit units
+"""
+# Single letters are units only inside text markup (`5\text{ m}`); in math mode they are variables.
+_TEXT_ONLY_UNITS = "m s g h l in"
+_SEP = r"(?:\s*[./]\s*|\s+)"  # between unit words: "sq. ft", "km/h", "square units"
+_POWER = r"(?:\^\s*\{?[23]\}?)?"
+
+
+def _unit_phrase(units: str) -> re.Pattern:
+    """One or more unit words, each with an optional power. Linear time: words come from a fixed list, each
+    must end at a non-letter and be preceded by a separator, so there is one way to match (no backtracking
+    blow-up on long letter runs, which a nested "letters, optional space, repeated" pattern had)."""
+    alternatives = "|".join(sorted(map(re.escape, units.split()), key=len, reverse=True))
+    word = rf"(?:{alternatives})(?![a-zA-Z]){_POWER}"
+    return re.compile(rf"{word}(?:{_SEP}{word})*\.?", re.IGNORECASE)
+
+
+_UNIT_PHRASE = _unit_phrase(_UNITS)
+_TEXT_UNIT_PHRASE = _unit_phrase(_UNITS + " " + _TEXT_ONLY_UNITS)
+_TEXT_UNIT = re.compile(rf"\\(?:text|textrm|mathrm|mbox)\s*\{{([^{{}}]*)\}}\s*{_POWER}$")  # at the very end
+_NUMBER_UNIT = re.compile(r"([-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)%?)\s*([a-zA-Z].*)")
 
 
 def _strip_text_macros(s: str) -> str:
     for _ in range(3):  # \text{\textbf{..}} nests
         s = re.sub(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}", r"\1", s)
     return s
+
+
+def _strip_text_unit(s: str) -> str:
+    """A listed unit in text markup after any value: "6\\sqrt{2}\\text{ cm}^2" -> "6\\sqrt{2}"."""
+    m = _TEXT_UNIT.search(s)
+    head = s[: m.start()].strip() if m else ""
+    return head if head and _TEXT_UNIT_PHRASE.fullmatch(m.group(1).strip()) else s
+
+
+def _strip_number_unit(s: str) -> str:
+    """A unit word after a plain number: "5 cm" -> "5", "12 square units" -> "12"; "2 i" and "3 x" stay."""
+    m = _NUMBER_UNIT.fullmatch(s)
+    return m.group(1) if m and _UNIT_PHRASE.fullmatch(m.group(2)) else s
+
+
+def _latex_spacing(s: str) -> str:
+    """Spacing commands (``\\,`` ``\\ `` ``\\quad``) become spaces; a ``\\\\`` row break stays, even before a space
+    (read left to right, ``\\\\ `` is a row break then a space, not a backslash then ``\\ ``)."""
+    return re.sub(r"\\\\|\\[,;:! ]|\\q?quad\b", lambda m: m.group() if m.group() == "\\\\" else " ", s)
 
 
 def normalize(s: str, drop_lhs: bool = True) -> str:
@@ -45,17 +101,15 @@ def normalize(s: str, drop_lhs: bool = True) -> str:
     s = re.sub(r"^\$+|\$+$", "", s).strip()
     s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
     s = re.sub(r"\\(?:left|right|displaystyle)\b", "", s)
-    s = re.sub(r"\\[,;:! ]|\\q?quad\b", " ", s)
+    s = _latex_spacing(s)
     s = s.replace("{,}", ",").replace("\\%", "%").replace("\\$", "").replace("\\dfrac", "\\frac")
     s = s.replace("\\tfrac", "\\frac").replace("−", "-")
     s = re.sub(r"\^\s*\{?\\circ\}?|°|\\degree", "", s)
-    s = _strip_text_macros(s)
     s = s.strip().rstrip(".").strip()
     if drop_lhs:
         s = re.sub(r"^[a-zA-Z]\s*=\s*(?=[^=]+$)", "", s)  # "x = 5" -> "5"
-    m = re.fullmatch(rf"({_NUMBER}%?)\s+{_UNIT_WORDS}", s)  # "5 cm", "12 square units"
-    if m and not re.search(r"\bor\b|\band\b", s):
-        s = m.group(1)
+    s = _strip_text_unit(s)  # before the text macros go: `\text{ m}` marks a unit, a bare `m` is a variable
+    s = _strip_number_unit(_strip_text_macros(s))
     s = re.sub(r"\s+", "", s)
     if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):
         s = s.replace(",", "")
