@@ -28,8 +28,8 @@ from starlette.exceptions import HTTPException
 
 from r1kit.errors import ConfigError, R1kitError
 from r1kit.generation import Completion, Engine, SamplingParams, split_reasoning
+from r1kit.reasoning import ReasoningStream
 from r1kit.serving import protocol as P
-from r1kit.serving.reasoning_stream import ReasoningStream
 from r1kit.serving.scheduler import EngineWorker, QueueFull, Ticket, Update
 
 _GONE = object()  # put on a request's update queue when its client disconnects

@@ -54,11 +54,17 @@ def example_messages(example: dict, data: TaskData) -> list[dict]:
     return system + [{"role": "user", "content": data.prompt_template.format(question=example["question"])}]
 
 
-def score_completion(text: str, example: dict, weights: dict[str, float], **facts) -> tuple[float, dict]:
-    """Weighted reward of one reply and the per-function values (None = could not judge)."""
+def score_completion(text: str, example: dict, weights: dict[str, float], *, prefilled_think: bool | None,
+                     **facts) -> tuple[float, dict]:
+    """Weighted reward of one reply and the per-function values (None = could not judge).
+
+    `prefilled_think` (required: the engine knows it, `Engine.encode`) says the prompt opened the think block;
+    every reward then reads the answer as `r1kit.reasoning` splits it, so a reply cut off inside its reasoning
+    has no answer. `facts` are further per-completion values (completion_tokens, max_tokens).
+    """
     from r1kit.rewards import combine_rewards
 
-    return combine_rewards(text, {**example, **facts}, weights)
+    return combine_rewards(text, {**example, **facts, "prefilled_think": prefilled_think}, weights)
 
 
 def is_correct(text: str, example: dict) -> bool:
