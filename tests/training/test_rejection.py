@@ -25,6 +25,23 @@ def cand(text, finish="stop", example=EXAMPLE, tokens=None):
     return Candidate(example, PROMPT, text, finish, tokens)
 
 
+def test_prefilled_think_is_read_as_the_engine_reports_it():
+    """Under a template that opened <think>, a reply that never closes it has no answer (a boxed value in the
+    reasoning does not count), and a reply that opens a second block is malformed."""
+    def prefilled(text, finish="stop"):
+        return Candidate(EXAMPLE, PROMPT, text, finish, None, prefilled_think=True)
+
+    candidates = [
+        prefilled("5+7=12, so \\boxed{12}"),                      # format: still inside the think block
+        prefilled("<think>5+7=12</think>Answer: 12"),              # format: opens a block the prompt opened
+        prefilled("5+7=12 so 12.\n</think>\nAnswer: 12"),           # kept
+        prefilled("5+7=13 so \\boxed{12}.\n</think>\nAnswer: 13"),  # incorrect: the box is in the reasoning
+    ]
+    rows, summary = select_traces(candidates, FilterConfig(max_per_prompt=4))
+    assert summary["kept"] == 1 and summary["rejected"]["format"] == 2 and summary["rejected"]["incorrect"] == 1
+    assert rows[0]["messages"][-1] == {"role": "assistant", "content": "Answer: 12", "reasoning": "5+7=12 so 12."}
+
+
 def test_repeat_ratio_by_hand():
     assert repeat_ratio("a b a b a b", 2) == pytest.approx(1 - 2 / 5)  # ab ba ab ba ab: 2 distinct of 5
     assert repeat_ratio("a b c", 4) == 0.0

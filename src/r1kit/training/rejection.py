@@ -76,6 +76,7 @@ class Candidate:
     text: str
     finish_reason: str = "stop"
     num_tokens: int | None = None
+    prefilled_think: bool | None = None  # the prompt opened <think>; None: not known (a trace file), inferred
 
 
 # ---- filters -------------------------------------------------------------------------------------------------
@@ -93,11 +94,12 @@ def reject_reason(c: Candidate, f: FilterConfig) -> str | None:
 
     if c.finish_reason == "length" or (f.max_tokens is not None and (c.num_tokens or 0) > f.max_tokens):
         return "truncated"
-    if get_reward("format")(c.text) < 1.0:
+    if get_reward("format")(c.text, prefilled_think=c.prefilled_think) < 1.0:
         return "format"
-    if (get_reward("accuracy")(c.text, **c.example) or 0.0) < 1.0:
+    if (get_reward("accuracy")(c.text, **{**c.example, "prefilled_think": c.prefilled_think}) or 0.0) < 1.0:
         return "incorrect"
-    if (get_reward("language")(c.text, language=f.language) or 0.0) < f.min_language:
+    if (get_reward("language")(c.text, language=f.language, prefilled_think=c.prefilled_think) or 0.0) \
+            < f.min_language:
         return "language"
     if repeat_ratio(c.text, f.ngram) > f.max_repeat_ratio:
         return "repetitive"
@@ -106,10 +108,10 @@ def reject_reason(c: Candidate, f: FilterConfig) -> str | None:
 
 def trace_row(c: Candidate) -> dict:
     """A chat-dataset row from an accepted candidate (reasoning and answer split at `</think>`)."""
-    from r1kit.rewards import split_reasoning
+    from r1kit.reasoning import split_reasoning
 
-    reasoning, answer = split_reasoning(c.text)
-    reply = {"role": "assistant", "content": (answer or "").strip(), "reasoning": reasoning.strip()}
+    reasoning, answer = split_reasoning(c.text, bool(c.prefilled_think))
+    reply = {"role": "assistant", "content": answer, "reasoning": reasoning}
     return {"messages": [*c.messages, reply], "id": c.example.get("id"), "answer": c.example.get("answer")}
 
 
@@ -160,7 +162,7 @@ def sample_candidates(model, tokenizer, examples: list[dict], tasks: TaskData, s
                              seed=(seed * 1_000_003 + i) * 1024 + j)
               for i in range(len(examples)) for j in range(k)]
     outs = engine.generate([p for p in prompts for _ in range(k)], params)
-    return [Candidate(examples[n // k], prompts[n // k], c.text, c.finish_reason, len(c.token_ids))
+    return [Candidate(examples[n // k], prompts[n // k], c.text, c.finish_reason, len(c.token_ids), c.prefilled_think)
             for n, c in enumerate(outs)]
 
 
