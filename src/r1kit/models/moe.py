@@ -7,7 +7,8 @@ MoE = routed experts (top-k of `n_routed_experts`, group-limited) + always-on sh
   computed with one grouped matmul over the tokens sorted by expert: no per-expert Python loop, no dense compute.
 - Training-time balancing: `expert_load` counts tokens per expert between bias updates; `update_bias()` applies
   the V3 rule b_i += gamma * sign(mean_load - load_i); `aux_loss` holds the sequence-wise balance loss
-  alpha * sum_i f_i P_i of the last forward (V3 paper eq. 17-20).
+  alpha * sum_i f_i P_i of the last forward (V3 paper eq. 17-20). Both count real tokens only: `seq_ids`
+  (B, T) marks padding 0 and gives each packed sample its own id, so each sample is one "sequence" of the loss.
 
 Left out: expert parallelism and capacity-based token dropping (no token is ever dropped).
 """
@@ -31,7 +32,9 @@ class MLP(nn.Module):
         self.up_proj = Linear(dim, inter_dim, bias=False)  # w3
         self.down_proj = Linear(inter_dim, dim, bias=False)  # w2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seq_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """seq_ids: ignored (a dense layer keeps no routing statistics); accepted so every block's
+        feed-forward layer is called the same way."""
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -106,7 +109,19 @@ class MoE(nn.Module):
         self.register_buffer("expert_load", torch.zeros(cfg.n_routed_experts), persistent=False)
         self.aux_loss: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _apply(self, fn, recurse=True):
+        """Keep the load counts fp32 through `model.to(dtype)`: bf16 cannot count past 256 exactly."""
+        load = self.expert_load
+        super()._apply(fn, recurse)
+        self.expert_load = load.to(self.expert_load.device)
+        return self
+
+    def forward(self, x: torch.Tensor, seq_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, d) -> (B, T, d). Every token is computed; in training, balance statistics count real tokens.
+
+        seq_ids: (B, T) sequence id of each token for the balance statistics: 0 = padding (not counted), and a
+        row's tokens with the same id form one sequence (packed samples). None = every token real, one
+        sequence per row."""
         B, T, d = x.shape
         flat = x.reshape(-1, d)
         weights, indices, scores = self.gate(flat)
@@ -115,18 +130,27 @@ class MoE(nn.Module):
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)
         if self.training:
-            self.expert_load += counts.to(self.expert_load.dtype)
-            self.aux_loss = self._sequence_balance_loss(scores, indices, B, T) if self.seq_aux_alpha > 0 else None
+            real, seq = balance_groups(seq_ids, B, T, x.device)  # (N,), (N,)
+            real_slots = real.repeat_interleave(self.topk)  # (N*k,): one per routed token-slot
+            self.expert_load.index_add_(0, indices.flatten(), real_slots.to(self.expert_load.dtype))
+            self.aux_loss = self._sequence_balance_loss(scores, indices, real, seq) if self.seq_aux_alpha > 0 else None
         return out.view(B, T, d)
 
-    def _sequence_balance_loss(self, scores: torch.Tensor, indices: torch.Tensor, B: int, T: int) -> torch.Tensor:
-        """alpha * mean_b sum_i f_i P_i, f_i = E/(k T) * #tokens routed to i, P_i = mean_t s'_i (s' = s / sum s)."""
-        E, k = self.n_experts, self.topk
-        probs = (scores / scores.sum(dim=-1, keepdim=True)).view(B, T, E).mean(dim=1)  # P: (B, E)
-        hits = torch.zeros(B, E, device=scores.device).scatter_add_(
-            1, indices.view(B, T * k), torch.ones(B, T * k, device=scores.device))
-        f = hits * E / (k * T)  # (B, E)
-        return self.seq_aux_alpha * (f * probs).sum(dim=-1).mean()
+    def _sequence_balance_loss(self, scores: torch.Tensor, indices: torch.Tensor, real: torch.Tensor,
+                               seq: torch.Tensor) -> torch.Tensor:
+        """alpha * mean over sequences of sum_i f_i P_i, over each sequence's T real tokens:
+        f_i = E/(k T) * #tokens routed to i, P_i = mean_t s'_i (s' = s / sum s). Sequences index rows of
+        (N, E) accumulators (at most N sequences); empty ones are left out of the mean."""
+        N, E, k = scores.shape[0], self.n_experts, self.topk
+        probs = scores / scores.sum(dim=-1, keepdim=True)  # s': (N, E)
+        tokens = torch.zeros(N, device=scores.device).index_add_(0, seq, real)  # T per sequence
+        p = torch.zeros(N, E, device=scores.device).index_add_(0, seq, probs * real[:, None])  # (N, E)
+        hits = torch.zeros(N, E, device=scores.device).index_put_(
+            (seq.repeat_interleave(k), indices.flatten()), real.repeat_interleave(k), accumulate=True)
+        denom = tokens.clamp(min=1)[:, None]
+        per_seq = ((hits * E / (k * denom)) * (p / denom)).sum(dim=-1)  # (N,)
+        present = (tokens > 0).float()
+        return self.seq_aux_alpha * (per_seq * present).sum() / present.sum().clamp(min=1)
 
     @torch.no_grad()
     def update_bias(self, apply: bool = True) -> torch.Tensor:
@@ -140,3 +164,19 @@ class MoE(nn.Module):
         fraction = load / load.sum().clamp(min=1)
         self.expert_load.zero_()
         return fraction
+
+
+def balance_groups(seq_ids: torch.Tensor | None, B: int, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which tokens balance statistics count, and the sequence of each: real (N,) fp32 1/0 and seq (N,) int64
+    in [0, N), N = B*T. Runs of real tokens sharing an id in a row form one sequence (padding in between
+    does not split it); no host sync."""
+    if seq_ids is None:
+        return torch.ones(B * T, device=device), torch.arange(B, device=device).repeat_interleave(T)
+    real = seq_ids != 0  # (B, T)
+    t = torch.arange(T, device=device).expand(B, T)
+    last = torch.where(real, t, -1).cummax(dim=1).values  # latest real position at or before t
+    prev = torch.cat([torch.full((B, 1), -1, device=device), last[:, :-1]], dim=1)  # ... strictly before t
+    prev_id = seq_ids.gather(1, prev.clamp(min=0))
+    starts = real & ((prev < 0) | (prev_id != seq_ids))  # first real token of a sequence
+    seq = starts.flatten().long().cumsum(0).sub(1).clamp(min=0)
+    return real.flatten().float(), seq

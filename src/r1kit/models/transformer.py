@@ -31,9 +31,10 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: AttentionContext, seq_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """seq_ids: (B, T) sequence ids for MoE balance statistics (0 = padding), see `MoE.forward`."""
         x = x + self.self_attn(self.input_layernorm(x), ctx)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x), seq_ids)
 
 
 class MTPModule(nn.Module):
@@ -49,9 +50,10 @@ class MTPModule(nn.Module):
         self.block = Block(layer_id, cfg)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, h: torch.Tensor, next_emb: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, next_emb: torch.Tensor, ctx: AttentionContext,
+                seq_ids: torch.Tensor | None = None) -> torch.Tensor:
         x = self.eh_proj(torch.cat([self.enorm(next_emb), self.hnorm(h)], dim=-1))
-        return self.block(x, ctx)
+        return self.block(x, ctx, seq_ids)
 
 
 class Transformer(nn.Module):
@@ -102,13 +104,17 @@ class Transformer(nn.Module):
         """Final-normed hidden states (B, T, d) of a full sequence under causal attention.
 
         positions: (B, T) RoPE positions (default 0..T-1; with packing, restart per sample).
-        segment_ids: (B, T) sample id of each token for packed sequences: attention stays within a sample.
+        segment_ids: (B, T) sample id of each token for packed sequences (1, 2, ...; 0 = padding): attention
+            stays within a sample.
         attention_mask: (B, T) 1 for real tokens, 0 for padding (left or right): positions count real tokens only.
+        MoE balance statistics (training) count only real tokens: those with attention_mask 1 and segment id != 0
+        (packing pads with segment 0); each packed sample is its own sequence of the sequence-wise loss.
         """
         ctx = self._full_context(input_ids, positions, segment_ids, attention_mask)
+        seq_ids = self._sequence_ids(segment_ids, attention_mask)
         h = self.embed_tokens(input_ids)
         for layer in self.layers:
-            h = layer(h, ctx)
+            h = layer(h, ctx, seq_ids)
         return h if output_pre_norm else self.norm(h)
 
     def _full_context(self, input_ids, positions=None, segment_ids=None, attention_mask=None) -> AttentionContext:
@@ -132,19 +138,31 @@ class Transformer(nn.Module):
         return AttentionContext(self.rope_cos[positions], self.rope_sin[positions], mask=mask)
 
     def mtp_logits(self, hidden: torch.Tensor, input_ids: torch.Tensor, *, positions: torch.Tensor | None = None,
-                   segment_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
+                   segment_ids: torch.Tensor | None = None,
+                   attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Logits of each MTP depth k = 1..D: entry k-1 has shape (B, T-k, V) and predicts token i+k+1 at i.
 
-        hidden: the main model's final-normed hidden states (B, T, d); positions/segment_ids as for `hidden`
-        (packed rows keep each depth's attention inside its sample)."""
+        hidden: the main model's final-normed hidden states (B, T, d); positions/segment_ids/attention_mask as
+        for `hidden` (packed rows keep each depth's attention inside its sample). MoE balance statistics of a
+        depth count position i only when tokens i and i+k are real and of the same sample."""
         outs, h = [], hidden
+        seq_ids = self._sequence_ids(segment_ids, attention_mask)
         for k, module in enumerate(self.mtp, start=1):
             T = input_ids.shape[1] - k
-            ctx = self._full_context(input_ids[:, :T], None if positions is None else positions[:, :T],
-                                     None if segment_ids is None else segment_ids[:, :T])
-            h = module(h[:, :T], self.embed_tokens(input_ids[:, k:]), ctx)
+            first_T = [None if t is None else t[:, :T] for t in (positions, segment_ids, attention_mask)]
+            ctx = self._full_context(input_ids[:, :T], *first_T)
+            seq_k = None if seq_ids is None else seq_ids[:, :T] * (seq_ids[:, k:] == seq_ids[:, :T])
+            h = module(h[:, :T], self.embed_tokens(input_ids[:, k:]), ctx, seq_k)
             outs.append(self.lm_head(module.norm(h)))
         return outs
+
+    @staticmethod
+    def _sequence_ids(segment_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, T) ids for MoE balance statistics: the segment id (1 without packing), 0 where attention_mask is 0."""
+        if attention_mask is None:
+            return segment_ids
+        ones = torch.ones_like(attention_mask, dtype=torch.long)
+        return (ones if segment_ids is None else segment_ids.long()) * (attention_mask != 0)
 
     # ---- cached forward (generation) ----------------------------------------------------------------------------
 
