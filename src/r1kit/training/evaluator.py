@@ -16,7 +16,7 @@ def greedy_accuracy(engine, examples: list[dict], data: TaskData, max_new_tokens
 
     outs = engine.generate([example_messages(ex, data) for ex in examples],
                            SamplingParams(max_new_tokens=max_new_tokens, temperature=0))
-    return sum(is_correct(c.text, {**ex, "prefilled_think": c.prefilled_think})
+    return sum(is_correct(c.text, ex, prefilled_think=c.prefilled_think)
                for c, ex in zip(outs, examples)) / max(len(examples), 1)
 
 

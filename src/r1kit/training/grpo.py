@@ -134,7 +134,7 @@ def rollout(engine, questions: list[dict], cfg: GRPOConfig, step: int, round_: i
         if graded_by:
             correct.append(float((parts[graded_by] or 0.0) >= 1.0))
         else:
-            correct.append(float(is_correct(c.text, {**ex, "prefilled_think": prefilled})))
+            correct.append(float(is_correct(c.text, ex, prefilled_think=prefilled)))
     return Rollout(examples, prompt_ids, completions, torch.tensor(totals), torch.tensor(correct), per_reward,
                    seconds)
 

@@ -7,18 +7,21 @@ same way everywhere. Questions come from r1kit's synthetic generators (`tasks`) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from pydantic import NonNegativeInt, PositiveInt
+
+from r1kit.config import configclass
 from r1kit.errors import ConfigError
 
 
-@dataclass
+@configclass
 class TaskData:
     tasks: list[str] = field(default_factory=lambda: ["addition"])  # synthetic task names
-    level: int = 2
+    level: PositiveInt = 2
     dataset: str | None = None  # a task dataset (JSONL/Parquet/CSV/hf:id) instead of synthetic tasks
-    num_train: int = 2000
-    num_test: int = 200
+    num_train: PositiveInt = 2000
+    num_test: NonNegativeInt = 200
     prompt_template: str = "{question}"
     system_prompt: str | None = None
 
@@ -67,7 +70,8 @@ def score_completion(text: str, example: dict, weights: dict[str, float], *, pre
     return combine_rewards(text, {**example, **facts, "prefilled_think": prefilled_think}, weights)
 
 
-def is_correct(text: str, example: dict) -> bool:
+def is_correct(text: str, example: dict, *, prefilled_think: bool | None) -> bool:
+    """The accuracy reward is 1: the answer the reply commits to (prefill-aware) is right."""
     from r1kit.rewards import get_reward
 
-    return (get_reward("accuracy")(text, **example) or 0.0) >= 1.0
+    return (get_reward("accuracy")(text, **{**example, "prefilled_think": prefilled_think}) or 0.0) >= 1.0
