@@ -94,6 +94,22 @@ def test_collate_segments_positions_and_targets():
     unpacked = collate([[c], [a]], pad_id=0, packed=False)
     assert unpacked.segment_ids is None
     assert unpacked.target_mask(1).tolist() == [[False, True, True], [True, True, False]]
+    assert unpacked.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+
+
+def test_unpacked_padding_is_not_counted_by_moe_balancing():
+    """A right-padded unpacked batch routes (and counts) exactly the real tokens that the samples alone do."""
+    import r1kit
+    from r1kit.training.lm_loss import lm_loss
+
+    model = r1kit.load_model("toy-moe", seed=0).train()
+    short, long = Sample([1, 40, 41], [0, 1, 1]), Sample([1, 50, 51, 52, 53, 54, 55], [0, 1, 1, 1, 1, 1, 1])
+    loads = []
+    for rows in ([[short], [long]], [[short]], [[long]]):
+        model.update_router_biases(apply=False)  # reset the counts
+        lm_loss(model, collate(rows, pad_id=0, packed=False))
+        loads.append(torch.stack([m.expert_load.clone() for m in model.moe_layers()]))
+    torch.testing.assert_close(loads[0], loads[1] + loads[2])
 
 
 def test_step_rows_cover_each_row_once_per_epoch_and_are_deterministic():

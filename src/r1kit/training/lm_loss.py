@@ -51,7 +51,7 @@ def lm_loss(model, batch: Batch, normalizers: list[float] | None = None, *, dept
 
     norms = normalizers or target_counts([batch], depths)
     ids = batch.input_ids  # (B, T)
-    kwargs = {} if batch.segment_ids is None else {"positions": batch.positions, "segment_ids": batch.segment_ids}
+    kwargs = batch.model_inputs()
     hidden = model.hidden(ids, **kwargs)  # (B, T, d)
     logits = model.lm_head(hidden)[:, :-1]  # (B, T-1, V): position i predicts ids[i+1]
     mask = batch.target_mask(1)

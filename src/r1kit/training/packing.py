@@ -38,13 +38,21 @@ class Sample:
 
 @dataclass
 class Batch:
-    """input_ids, loss_mask, positions, segment_ids: (B, T). segment_ids is None for unpacked rows, where
-    plain causal attention is exact (padding is on the right and never a target)."""
+    """input_ids, loss_mask, positions, segment_ids, attention_mask: (B, T). segment_ids is None for unpacked
+    rows (one sample each, right-padded): their attention_mask marks the real tokens, so padding never
+    attends, is never a target and is not counted by MoE balancing."""
 
     input_ids: torch.Tensor
     loss_mask: torch.Tensor
     positions: torch.Tensor
     segment_ids: torch.Tensor | None
+    attention_mask: torch.Tensor | None = None
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """The keyword arguments that tell the model how rows are laid out (`model.hidden(ids, **...)`)."""
+        if self.segment_ids is not None:
+            return {"positions": self.positions, "segment_ids": self.segment_ids}
+        return {} if self.attention_mask is None else {"attention_mask": self.attention_mask}
 
     def target_mask(self, shift: int = 1) -> torch.Tensor:
         """(B, T-shift) bool: position i is scored on predicting token i+shift (a target of the same sample)."""
@@ -137,7 +145,7 @@ def collate(rows: list[list[Sample]], pad_id: int, packed: bool) -> Batch:
         pos[b, t:] = torch.arange(T - t) + (len(row[-1].ids) if row else 0)  # padding continues the last sample
     if not packed and any(len(row) > 1 for row in rows):
         raise R1kitError("collate: rows hold several samples but packed=False")
-    return Batch(ids, mask, pos, seg if packed else None)
+    return Batch(ids, mask, pos, seg if packed else None, None if packed else (seg > 0).long())
 
 
 def step_rows(rows: list[list[Sample]], step: int, rows_per_step: int, seed: int) -> list[list[Sample]]:
