@@ -14,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="preset name, HF checkpoint directory or .gguf file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_params)
+    register_export(sub)
 
 
 def _params(args) -> int:
@@ -38,4 +39,21 @@ def _params(args) -> int:
     else:
         for k, v in counts.items():
             print(f"{k:>16}: {v:,}")
+    return 0
+
+
+def register_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a training checkpoint as an HF safetensors directory",
+                       description="Export the model of a checkpoint (sharded or not, saved at any number of "
+                                   "processes), or of a run directory's latest checkpoint, as an HF directory "
+                                   "(config.json, safetensors, tokenizer) that transformers loads.")
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="run directory or checkpoints/step-N directory")
+    p.add_argument("out", help="output directory (replaced atomically)")
+    p.set_defaults(func=_export)
+
+
+def _export(args) -> int:
+    from r1kit.training.checkpointing import export_checkpoint
+
+    print(export_checkpoint(args.source, args.out))
     return 0

@@ -5,26 +5,36 @@
       metrics.jsonl           one line per optimizer step (see metrics.py)
       samples.jsonl
       checkpoints/
-        step-00000100/
-          model/              whatever the caller's `save_model_fn(dir)` writes (r1kit: HF safetensors)
-          optimizer.pt        optimizer.state_dict()            (tensors and plain values only)
+        step-00000100/        what the trainers write (format 2, `save_sharded_checkpoint`):
+          dcp/                torch.distributed.checkpoint: {"model", "optimizer"}, sharded as the run was
+          hf/                 config.json + tokenizer, no weights (`r1kit export` completes it from dcp/)
           scheduler.pt        scheduler.state_dict()
-          rng_state.pt        python, numpy, torch (and CUDA) RNG states, plus named torch.Generators
-          trainer_state.json  step, data-order state, extra; written last: it marks the checkpoint complete
+          rng_state.pt        rank 0's python, numpy, torch (and CUDA) RNG states, plus named torch.Generators
+          trainer_state.json  step, world size, data-order state, extra; written last: marks it complete
+        step-00000050/        format 1 (`save_checkpoint`, one process): model/ (whatever the caller's
+                              `save_model_fn(dir)` writes; r1kit: HF safetensors) and optimizer.pt instead of dcp/
 
 Atomicity: a checkpoint is assembled in a hidden `.tmp-*` directory, every file is fsynced, and the directory
 is renamed to `step-N` in one `rename` (atomic on POSIX). Old checkpoints are renamed to `.trash-*` before
 being deleted. So whenever the process is killed, `latest_checkpoint` returns a complete checkpoint or None,
-never a partial one; leftovers of an interrupted save are ignored and swept by the next save.
+never a partial one; leftovers of an interrupted save are ignored and swept by the next save. With several
+processes every rank writes its shards into the same `.tmp-*` directory (a filesystem all ranks share) and
+rank 0 renames it once all have finished.
+
+Resharding: DCP stores each tensor with its global shape and the pieces each rank held, so a checkpoint
+saved by N processes loads into M processes (or one unsharded process) and the optimizer state follows its
+parameters. RNG: all ranks are seeded alike and the data order is a pure function of (seed, step), so rank
+0's RNG state is the run's.
 
 The .pt files hold only tensors and plain Python values and are read back with
 `torch.load(weights_only=True)`, which refuses arbitrary pickled objects.
 
-Left out: sharded / distributed checkpoints (one process writes), async saving, cloud storage.
+Left out: async saving, cloud storage, per-rank RNG streams.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,6 +42,7 @@ import random
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +62,10 @@ STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng_state.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # save_checkpoint: model/ + optimizer.pt
+SHARDED_FORMAT_VERSION = 2  # save_sharded_checkpoint: dcp/ + hf/
+DCP_DIR = "dcp"
+HF_META_DIR = "hf"
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -253,6 +267,8 @@ def load_checkpoint(
     if not path.is_dir() or not _NAME.match(path.name) or not _is_complete(path):
         raise CheckpointError(f"{path} is not a complete checkpoint (no valid {STATE_FILE})")
     state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    if state.get("format_version") == SHARDED_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: a sharded checkpoint; load it with load_sharded_checkpoint")
     if state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path / STATE_FILE}: unsupported format_version {state.get('format_version')}"
@@ -269,6 +285,185 @@ def load_checkpoint(
     if restore_rng:
         set_rng_state(_load_tensors(path / RNG_FILE), generators)
     return Checkpoint(path, state["step"], state.get("data_state", {}), state.get("extra", {}))
+
+
+# ------------------------------------------------------------------------------------------- sharded (DCP)
+def checkpoint_format(path: str | os.PathLike) -> int:
+    """The format_version of a complete checkpoint (1: model/ + optimizer.pt, 2: sharded dcp/)."""
+    path = Path(path)
+    if not path.is_dir() or not _NAME.match(path.name) or not _is_complete(path):
+        raise CheckpointError(f"{path} is not a complete checkpoint (no valid {STATE_FILE})")
+    return int(json.loads((path / STATE_FILE).read_text(encoding="utf-8")).get("format_version", 0))
+
+
+def _model_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """{"model", "optimizer"} keyed by parameter names (DTensor shards when the model is sharded)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optimizer is None:
+        return {"model": get_model_state_dict(model)}
+    model_state, optim_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optimizer": optim_state}
+
+
+@contextlib.contextmanager
+def _single_process_quiet(topo):
+    """DCP warns that it runs without a process group; for one process that is the intent."""
+    with warnings.catch_warnings():
+        if not topo.distributed:
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def save_sharded_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None = None,
+    topo=None,
+    write_metadata: Callable[[Path], None] | None = None,
+    data_state: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    generators: Mapping[str, torch.Generator] | None = None,
+    keep_last: int | None = 3,
+) -> Path:
+    """Write `run_dir/checkpoints/step-N` (format 2) atomically; every rank of `topo` calls it (collective).
+
+    Model and optimizer state go through torch.distributed.checkpoint, each rank writing its own shards;
+    rank 0 writes the rest: `write_metadata(dir)` (r1kit: the HF config and tokenizer into `hf/`), the
+    scheduler, its RNG state and the completion marker, then renames the directory into place."""
+    import torch.distributed.checkpoint as dcp
+
+    from r1kit.training.distributed import Topology, barrier
+
+    topo = topo or Topology()
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    tmp = root / f".tmp-{checkpoint_name(step)}"  # one name every rank agrees on
+    if topo.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        _sweep_leftovers(root)
+        tmp.mkdir()
+    barrier(topo)
+    final = root / checkpoint_name(step)
+    try:
+        with _single_process_quiet(topo):
+            dcp.save(_model_optimizer_state(model, optimizer), checkpoint_id=tmp / DCP_DIR,
+                     process_group=topo.group)
+        barrier(topo)
+        if topo.is_main:
+            if write_metadata is not None:
+                (tmp / HF_META_DIR).mkdir()
+                write_metadata(tmp / HF_META_DIR)
+            if scheduler is not None:
+                torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
+            torch.save(rng_state(generators), tmp / RNG_FILE)
+            state = {"format_version": SHARDED_FORMAT_VERSION, "step": step, "world_size": topo.world_size,
+                     "data_state": dict(data_state or {}), "extra": dict(extra or {})}
+            atomic_write_json(tmp / STATE_FILE, state)  # last: marks completeness
+            _fsync_tree(tmp)
+            if final.exists():  # re-saving a step (e.g. after a resume): the old copy goes first, atomically
+                _discard(final)
+            os.rename(tmp, final)
+            _fsync_dir(root)
+            if keep_last is not None:
+                for old in list_checkpoints(run_dir)[:-keep_last]:
+                    _discard(old)
+    except BaseException:
+        if topo.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    barrier(topo)
+    return final
+
+
+def load_sharded_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    topo=None,
+    generators: Mapping[str, torch.Generator] | None = None,
+    restore_rng: bool = True,
+) -> Checkpoint:
+    """Restore a format-2 checkpoint into a model (sharded or not, at any number of processes) and its
+    optimizer; every rank calls it. Returns the step and data-order state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
+    from r1kit.training.distributed import Topology
+
+    topo = topo or Topology()
+    path = Path(path)
+    if checkpoint_format(path) != SHARDED_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: not a sharded (format 2) checkpoint")
+    state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    target = _model_optimizer_state(model, optimizer)
+    try:
+        with _single_process_quiet(topo):
+            dcp.load(target, checkpoint_id=path / DCP_DIR, process_group=topo.group)
+    except (CheckpointException, RuntimeError, ValueError, KeyError) as e:  # a tensor missing or of another shape: name the checkpoint
+        raise CheckpointError(f"{path / DCP_DIR} does not fit this model/optimizer: {e}") from None
+    if optimizer is None:
+        set_model_state_dict(model, target["model"])
+    else:
+        set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(_load_tensors(path / SCHEDULER_FILE))
+    if restore_rng:
+        set_rng_state(_load_tensors(path / RNG_FILE), generators)
+    return Checkpoint(path, state["step"], state.get("data_state", {}), state.get("extra", {}))
+
+
+def resolve_checkpoint(source: str | os.PathLike) -> Path:
+    """A checkpoint directory from a checkpoint path or a run directory (its latest checkpoint)."""
+    path = Path(source)
+    if (path / STATE_FILE).exists():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointError(f"{path}: neither a checkpoint directory nor a run directory with checkpoints")
+    return latest
+
+
+def export_checkpoint(source: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write the model of a checkpoint (or of a run directory's latest checkpoint) as an HF safetensors
+    directory with its tokenizer, which transformers and `load_model` read. One process, no process group:
+    the sharded weights of any number of ranks are assembled on the CPU."""
+    import torch.distributed.checkpoint as dcp
+
+    from r1kit.models.checkpoint import build_model, load_model, save_model
+    from r1kit.models.config import load_hf_config
+    from r1kit.models.transformer import Transformer
+    from r1kit.training.distributed import Topology
+
+    path = resolve_checkpoint(source)
+    if checkpoint_format(path) == FORMAT_VERSION:  # model/ is already an HF directory
+        model, meta = load_model(path / MODEL_DIR), path / MODEL_DIR
+    else:
+        meta = path / HF_META_DIR
+        cfg = load_hf_config(meta)
+        with torch.device("meta"):
+            shapes = Transformer(cfg).state_dict()
+        state = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in shapes.items()}
+        if cfg.tie_embeddings:
+            state.pop("lm_head.weight", None)
+        with _single_process_quiet(Topology()):
+            dcp.load({"model": state}, checkpoint_id=path / DCP_DIR)
+        model = build_model(cfg, state)
+    tokenizer = None
+    if (meta / "tokenizer_config.json").exists():
+        from r1kit.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(str(meta))
+    return save_model(model, out, tokenizer=tokenizer)
 
 
 # -------------------------------------------------------------------------------------------------- run dir

@@ -1,14 +1,19 @@
 """The causal-LM training loop shared by pretraining, SFT and distillation.
 
-A step draws `batch_size * grad_accum` rows (a pure function of (seed, step), so a resumed run sees the same
-data), runs `lm_loss` on each micro-batch with the token counts of the whole step as normalizers, clips, steps
-AdamW and the schedule, then updates (or only logs) the MoE router biases (auxiliary-loss-free balancing).
+A step draws `batch.batch_size` rows, the **global** batch (a pure function of (seed, step), so a resumed run
+sees the same data); under torchrun each rank takes its contiguous equal share and runs it in micro-batches
+of `micro_batch_size` rows. `lm_loss` takes the token counts of the whole step over all ranks as normalizers,
+so a rank's loss is its share of the step's mean and the gradients summed over ranks (FSDP2, see
+distributed.py) equal one process's gradient of the whole batch: 1 and N processes train the same way. Then
+clip (over all shards), AdamW, the schedule, and the MoE router-bias update (or only its logging) from the
+expert loads summed over ranks.
 
-Left out: data parallelism across processes.
+Left out: sequence/context parallelism (a row never spans ranks).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from pydantic import PositiveInt
@@ -18,16 +23,54 @@ from r1kit.errors import R1kitError
 from r1kit.training.evaluator import Evaluator
 from r1kit.training.lm_loss import NO_KD, KDConfig, lm_loss, mtp_depths, target_counts
 from r1kit.training.loop import OptimConfig, RunConfig
-from r1kit.training.packing import Sample
+from r1kit.training.packing import Batch, Sample
 
 
 @configclass
 class BatchConfig:
     seq_len: PositiveInt = 512  # tokens per row (samples are truncated to it)
-    batch_size: PositiveInt = 8  # rows per micro-batch
-    grad_accum: PositiveInt = 1  # micro-batches per optimizer step
+    batch_size: PositiveInt = 8  # rows per optimizer step over all processes (the global batch)
+    micro_batch_size: PositiveInt | None = None  # rows per forward/backward on one process; None: its whole share
+    # deprecated (batch_size used to be per micro-batch): rows per step = batch_size * grad_accum
+    grad_accum: PositiveInt | None = None
     packing: bool = True  # several samples per row (block-diagonal attention) or one per row
     mtp: bool = True  # add the MTP loss when the model has MTP layers
+
+    def __post_init__(self):
+        if self.grad_accum is not None:  # the old meaning, resolved into the new fields
+            self.micro_batch_size = self.micro_batch_size or self.batch_size
+            self.batch_size, self.grad_accum = self.batch_size * self.grad_accum, None
+
+
+def to_device(batch: Batch, device) -> Batch:
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device, non_blocking=True)
+                                         for f in dataclasses.fields(batch) if getattr(batch, f.name) is not None})
+
+
+class _RankLogger:
+    """What a non-zero rank logs: nothing (rank 0 writes metrics and samples)."""
+
+    def log(self, step, record):
+        return record
+
+    def log_samples(self, step, samples):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def metrics_logger(run, total_steps: int, show: tuple[str, ...], progress: bool, desc: str):
+    """Rank 0's MetricsLogger (metrics.jsonl, samples.jsonl, progress bar); a silent one on other ranks."""
+    from r1kit.training.metrics import MetricsLogger
+
+    if not run.topo.is_main:
+        return _RankLogger()
+    return MetricsLogger(run.dir, total_steps=total_steps, start_step=run.start_step, show=show, progress=progress,
+                         desc=desc)
 
 
 def fit(run, samples: list[Sample], batch_cfg: BatchConfig, run_cfg: RunConfig, optim: OptimConfig, *, desc: str,
@@ -38,49 +81,65 @@ def fit(run, samples: list[Sample], batch_cfg: BatchConfig, run_cfg: RunConfig, 
     `evaluate.every` steps. teacher/kd: logit distillation (see `lm_loss`). bias_update: apply the MoE
     router-bias update after each step (otherwise the expert load is only logged).
     """
-    from r1kit.training.loop import autocast, finish_run, save_step
-    from r1kit.training.metrics import MetricsLogger
+    from r1kit.training.distributed import (
+        all_reduce_sum,
+        full_weights,
+        gradient_sync,
+        rank_share,
+        sync_expert_load,
+    )
+    from r1kit.training.loop import finish_run, save_step
     from r1kit.training.optim import clip_grad_norm
     from r1kit.training.packing import collate, make_rows, step_rows, truncate
 
-    model = run.model
+    model, topo = run.model, run.topo
     kept = truncate(samples, batch_cfg.seq_len)
     if not kept:
         raise R1kitError("no training sample has a target token within seq_len")
     rows = make_rows(kept, batch_cfg.seq_len, batch_cfg.packing, run_cfg.seed)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     depths = mtp_depths(model, batch_cfg.mtp)
-    B = batch_cfg.batch_size
+    rank_rows = len(rank_share(range(batch_cfg.batch_size), topo))  # checks the split before any work
+    B = batch_cfg.micro_batch_size or rank_rows
+    if teacher is not None:
+        teacher.to(run.device)
     last: dict = {}
-    with MetricsLogger(run.dir, total_steps=run_cfg.steps, start_step=run.start_step, show=("loss", "eval_accuracy"),
-                       progress=run_cfg.progress, desc=desc) as log:
+    with metrics_logger(run, run_cfg.steps, ("loss", "eval_accuracy"), run_cfg.progress, desc) as log:
         if evaluate is not None and run.start_step == 0:
-            log.log(0, {"eval_accuracy": evaluate(model)})
+            with full_weights(model):
+                log.log(0, {"eval_accuracy": evaluate(model)})
         for step in range(run.start_step + 1, run_cfg.steps + 1):
             t0 = time.perf_counter()
-            chosen = step_rows(rows, step, B * batch_cfg.grad_accum, run_cfg.seed)
-            micro = [collate(chosen[i:i + B], pad, batch_cfg.packing) for i in range(0, len(chosen), B)]
-            norms = target_counts(micro, depths)
+            mine = rank_share(step_rows(rows, step, batch_cfg.batch_size, run_cfg.seed), topo)
+            micro = [to_device(collate(mine[i:i + B], pad, batch_cfg.packing), run.device)
+                     for i in range(0, len(mine), B)]
+            norms = all_reduce_sum(target_counts(micro, depths), topo)  # targets of the whole step, all ranks
             sums: dict[str, float] = {}
-            for batch in micro:
-                with autocast(run_cfg):
+            for i, batch in enumerate(micro):
+                with gradient_sync(model, i == len(micro) - 1), run.autocast():
                     loss, parts = lm_loss(model, batch, norms, depths=depths, teacher=teacher, kd=kd)
-                loss.backward()
+                    loss.backward()
                 for k, v in parts.items():  # ce/mtp/kd are shares of the step mean; aux is per micro-batch
-                    sums[k] = sums.get(k, 0.0) + (v / len(micro) if k == "aux" else v)
+                    sums[k] = sums.get(k, 0.0) + (v / (len(micro) * topo.world_size) if k == "aux" else v)
             grad_norm = clip_grad_norm(model.parameters(), optim.max_grad_norm)
             run.optimizer.step()
             run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
+            keys = sorted(sums)
+            sums = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], topo)))
+            n_tokens = all_reduce_sum([sum(b.input_ids.numel() for b in micro)], topo)[0]
             record = {"loss": sums["ce"], **{k: v for k, v in sums.items() if k != "ce"}, "grad_norm": grad_norm,
                       "lr": run.scheduler.get_last_lr()[0], "tokens": norms[0]}
-            load = (model.update_router_biases(apply=bias_update) if hasattr(model, "update_router_biases") else None)
-            if load is not None:
-                record["expert_load_max"] = (load.max(dim=1).values * load.shape[1]).mean().item()  # 1 = balanced
+            if hasattr(model, "update_router_biases"):
+                sync_expert_load(model, topo)
+                load = model.update_router_biases(apply=bias_update)
+                if load is not None:
+                    record["expert_load_max"] = (load.max(dim=1).values * load.shape[1]).mean().item()  # 1: balanced
             record["step_s"] = time.perf_counter() - t0
-            record["tok_s"] = sum(b.input_ids.numel() for b in micro) / record["step_s"]
+            record["tok_s"] = n_tokens / record["step_s"]
             if evaluate is not None and evaluate.every and step % evaluate.every == 0:
-                record["eval_accuracy"] = evaluate(model)
+                with full_weights(model):
+                    record["eval_accuracy"] = evaluate(model)
             last = log.log(step, record)
             if step % run_cfg.save_every == 0 or step == run_cfg.steps:
                 save_step(run, step, run_cfg)

@@ -8,7 +8,10 @@ balance bias are not parameters and are updated by the training loop, not by Ada
 Schedules are a pure function of the optimizer step, `lr_multiplier`, wrapped in a `LambdaLR`; the lr used by
 optimizer step k (0-based, before the k-th `scheduler.step()`) is `base_lr * lr_multiplier(k, ...)`.
 
-Left out: ZeRO/FSDP sharded optimizers, Muon, layer-wise lr decay, warm restarts.
+Under FSDP2 the parameters are DTensor shards: AdamW updates each rank's shard (the optimizer state is
+sharded with them) and `clip_grad_norm` measures the norm over all shards. On CUDA AdamW is fused.
+
+Left out: ZeRO-1/2 without sharded parameters, Muon, layer-wise lr decay, warm restarts.
 """
 
 from __future__ import annotations
@@ -44,8 +47,10 @@ def build_optimizer(
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.95),
     eps: float = 1e-8,
+    fused: bool = False,
 ) -> torch.optim.AdamW:
-    """AdamW over the model's trainable parameters: group 0 decayed, group 1 not."""
+    """AdamW over the model's trainable parameters: group 0 decayed, group 1 not. fused: one kernel per step
+    (CUDA parameters)."""
     if lr <= 0:
         raise ConfigError(f"lr must be > 0, got {lr}")
     if weight_decay < 0:
@@ -59,7 +64,7 @@ def build_optimizer(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **({"fused": True} if fused else {}))
 
 
 def lr_multiplier(
@@ -104,9 +109,15 @@ def build_scheduler(
 
 
 def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float | None) -> float:
-    """Clip the global L2 gradient norm to max_norm (None or <= 0: measure only); returns the norm before."""
+    """Clip the global L2 gradient norm to max_norm (None or <= 0: measure only); returns the norm before.
+
+    Sharded (DTensor) gradients: the norm is over every shard of every rank (a collective: all ranks call it
+    with the same parameters), and every rank scales its shards by the same factor."""
     params = [p for p in parameters if p.grad is not None]
     if not params:
         return 0.0
     limit = max_norm if max_norm is not None and max_norm > 0 else math.inf
-    return torch.nn.utils.clip_grad_norm_(params, limit).item()
+    norm = torch.nn.utils.clip_grad_norm_(params, limit)
+    if hasattr(norm, "full_tensor"):  # a DTensor (partial norms of the shards): the reduced total
+        norm = norm.full_tensor()
+    return norm.item()
