@@ -20,7 +20,8 @@ def _sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
 
 
 def add_precision_args(p: argparse.ArgumentParser) -> None:
-    """`--dtype` and `--bf16-matmuls` (shared by generate, chat, eval and serve)."""
+    """`--device`, `--dtype` and `--bf16-matmuls` (shared by generate, chat, eval and serve)."""
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto = CUDA when present)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="model weights; bfloat16 decodes on oneDNN-packed weights on CPU (not bit-exact)")
     p.add_argument("--bf16-matmuls", action="store_true",
@@ -57,7 +58,8 @@ def load_backend(args):
         engine = VLLMEngine(args.model, dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
                             tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len)
         return engine, engine.tokenizer
-    return load_model(args.model, dtype=getattr(torch, args.dtype)).eval(), load_tokenizer(args.model)
+    model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    return model.eval(), load_tokenizer(args.model)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

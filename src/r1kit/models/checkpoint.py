@@ -186,7 +186,14 @@ def load_hf_checkpoint(directory: Path, dtype=None, device=None) -> Transformer:
 def load_model(src, dtype: torch.dtype | None = None, device=None, seed: int = 0) -> Transformer:
     """Load a model from a preset name, an HF checkpoint directory or a .gguf file (see design.md §3).
 
-    A preset other than 'smollm2-135m' builds a freshly initialised model (seeded) with that config."""
+    A preset other than 'smollm2-135m' builds a freshly initialised model (seeded) with that config.
+    device: None (the CPU), a torch.device, or a setting "auto" | "cpu" | "cuda" | "cuda:N" (auto = CUDA when
+    present; CUDA on a machine without it is a ConfigError). Fresh presets are initialised on the CPU and moved,
+    so a seed gives the same weights on every device."""
+    if isinstance(device, str):
+        from r1kit.device import resolve_device
+
+        device = resolve_device(device)
     source = resolve_source(src)
     if isinstance(source, str):
         torch.manual_seed(seed)
