@@ -137,12 +137,6 @@ def test_reasoning_streams_before_the_tag_closes_and_content_after():
     assert stream.finish() == ("", "")
 
 
-def test_serving_reexports_the_one_stream():
-    from r1kit.serving import reasoning_stream
-
-    assert reasoning_stream.ReasoningStream is ReasoningStream
-
-
 @pytest.mark.parametrize("text, prefilled, reasoning, answer", SPLITS[:8] + SPLITS[12:13])
 def test_chat_printer_dims_the_reasoning_and_prints_the_answer(text, prefilled, reasoning, answer, capsys):
     from r1kit.generation.cli import _ReasoningPrinter
