@@ -172,6 +172,19 @@ def test_temperature_scales_the_distribution(device):
     assert (freq - probs / probs.sum()).abs().max() < 0.03
 
 
+def test_a_rows_draw_does_not_depend_on_the_other_rows_filters(device):
+    """The same seeded request samples the same token alone and beside a top-k row (the sampler used to invert
+    an unfiltered row's CDF in sorted order whenever another row of the batch had a filter)."""
+    logits = torch.randn(200, 32, generator=torch.Generator().manual_seed(0)).to(device)
+    plain, top_k = SamplingParams(), SamplingParams(top_k=2)
+    for i in range(200):
+        row = logits[i:i + 1]
+        alone, _ = sample(row, [plain], [torch.Generator(device).manual_seed(i)])
+        pair, _ = sample(torch.cat([row, row]), [plain, top_k],
+                         [torch.Generator(device).manual_seed(i), torch.Generator(device).manual_seed(i)])
+        assert alone[0].item() == pair[0].item()
+
+
 @pytest.mark.parametrize("top_k, top_p", [(0, 0.9), (5, 1.0), (5, 0.5), (20, 0.8), (3, 0.95), (50, 0.3)])
 def test_top_k_then_top_p_keeps_the_tokens_transformers_keeps(top_k, top_p, device):
     """The kept set equals that of transformers' TopKLogitsWarper followed by TopPLogitsWarper (its order and

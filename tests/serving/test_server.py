@@ -202,6 +202,8 @@ BAD = [  # (headers, raw body or JSON, status, error code or param to expect)
     (None, _chat(top_p=0), 400, "top_p"),
     (None, _chat(n=0), 400, "n"),
     (None, _chat(max_tokens=0), 400, "max_tokens"),
+    (None, _chat(max_tokens=1_000_000_000), 400, "max_tokens"),
+    (None, _chat(max_completion_tokens=1_000_000_000), 400, "max_completion_tokens"),
     (None, _chat(messages=[{"role": "wizard", "content": "x"}]), 400, "messages.0.role"),
     (None, _chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]), 400, None),
     (None, _chat(logprobs=True), 400, "logprobs"),
@@ -226,6 +228,26 @@ def test_bad_input_gets_an_openai_error_and_the_server_goes_on(toy, headers, bod
     if expect is not None:
         assert expect in (error["code"], error["param"])
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+@pytest.mark.parametrize("route, body, field", [
+    ("chat/completions", {"messages": HI, "max_tokens": 506}, "max_tokens"),
+    ("chat/completions", {"messages": HI, "max_completion_tokens": 506, "max_tokens": 5}, "max_completion_tokens"),
+    ("completions", {"prompt": ["<bos>x", "<bos>xyxyxyx"], "max_tokens": 505}, "max_tokens"),
+])
+def test_max_tokens_beyond_what_the_context_leaves_is_a_400_naming_the_field_and_the_limit(
+        scripted, route, body, field):
+    """The scripted server's context is 512 tokens. The chat prompt has 7 ("<bos><|user|>hi<|assistant|><think>\n"):
+    505 tokens are left; the longest completion prompt has 8: 504 are left. As OpenAI and vLLM answer, asking for
+    more is a 400 before anything is generated; asking for exactly what is left is served."""
+    limit = 505 if route.startswith("chat") else 504
+    r = httpx.post(f"{scripted}/v1/{route}", json={"model": "toy", **body})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == field and error["type"] == "invalid_request_error"
+    assert field in error["message"] and f"at most {limit} tokens" in error["message"]
+    r = httpx.post(f"{scripted}/v1/{route}", json={"model": "toy", **body, field: limit})
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
 
 
 def test_openai_client_raises_its_typed_errors(toy):
@@ -265,6 +287,41 @@ def test_full_server_answers_429_and_a_disconnect_frees_the_slot():
         assert _wait_idle(url) < 2.0
         r = httpx.post(f"{url}/v1/completions", json={**endless, "max_tokens": 3})
         assert r.status_code == 200 and r.json()["choices"][0]["text"] == "yxy"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_hangs_up_has_its_engine_request_aborted_and_its_row_freed(stream):
+    """Proof at the engine, not just the health count: the request that was generating is aborted (finish_reason
+    "abort", well short of its 400 tokens, which would take 4 s) within a moment of the hang-up, and both cache
+    rows are free again."""
+    engine = scripted_engine(delay_s=0.01, max_batch_size=2)
+    aborted = []  # (engine request, when)
+    real_abort = engine.abort
+
+    def abort(req):
+        real_abort(req)
+        aborted.append((req, time.monotonic()))
+
+    engine.abort = abort
+    body = {"model": "toy", "prompt": "<bos>x", "max_tokens": 400, "stream": stream}
+    with live_server(engine) as url:
+        if stream:
+            with httpx.stream("POST", f"{url}/v1/completions", json=body) as resp:
+                lines = resp.iter_lines()
+                assert next(lines).startswith("data: ")  # generating now
+                assert len(engine.running) == 1
+        else:
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{url}/v1/completions", json=body, timeout=0.5)
+        hung_up = time.monotonic()
+        while not aborted and time.monotonic() - hung_up < 3.0:
+            time.sleep(0.01)
+        assert len(aborted) == 1, "the engine request was not aborted"
+        req, when = aborted[0]
+        assert when - hung_up < 1.0
+        assert req.finish_reason == "abort" and req.row is None and 0 < len(req.out_ids) < 400
+        assert engine.running == [] and sorted(engine.free_rows) == [0, 1]
+        assert not engine.has_work()
 
 
 def test_a_request_past_its_time_limit_stops_with_length():

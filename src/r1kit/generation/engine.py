@@ -9,6 +9,9 @@ One Engine serves `r1kit.generate`, GRPO rollouts, rejection sampling, evaluatio
   max_new_tokens. Text is detokenized incrementally, so streaming and stop strings cost O(new tokens).
 - Running requests are kept in the lowest rows (a request is moved down when one below it finishes), so a
   decode step reads the cache as a slice instead of gathering rows.
+- Every tensor lives on the model's device (per-request generators included). What a decode step needs per row
+  (last token, its position, sampling parameters) stays there between steps (`RowState`), so a step copies
+  nothing host -> device and makes one device -> host transfer: the sampled tokens and their log-probs.
 
 Left out: paged attention, prefix caching and speculative decoding (MTP draft); CUDA graphs. For GPU-scale
 serving use the vLLM backend (`r1kit.generation.vllm_backend`) behind the same `generate` interface.
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from r1kit.errors import R1kitError
-from r1kit.generation.sampling import SamplingParams, make_generator, sample
+from r1kit.generation.sampling import SamplingParams, SamplingTensors, make_generator, sample
 from r1kit.models.linear import PackedLinears
 from r1kit.reasoning import prompt_opens_think, split_reasoning
 
@@ -67,12 +70,32 @@ class Request:
                           self.finish_reason or "abort", len(self.prompt_ids), self.prefilled_think)
 
 
+@dataclass
+class RowState:
+    """Per cache row, on the model's device: what a decode step reads without asking the host."""
+
+    token: torch.Tensor  # (R,) the row's last sampled token
+    pos: torch.Tensor  # (R,) its position (the cache slot it is written to when decoded)
+    sampling: SamplingTensors  # (R,) the row's request's sampling parameters
+
+    @classmethod
+    def allocate(cls, rows: int, device: torch.device) -> RowState:
+        zeros = torch.zeros(rows, dtype=torch.long, device=device)
+        return cls(zeros, zeros.clone(), SamplingTensors.empty(rows, device))
+
+    def move(self, src: int, dst: int) -> None:
+        self.token[dst], self.pos[dst] = self.token[src], self.pos[src]
+        self.sampling[dst] = self.sampling[src]
+
+
 class Engine:
     def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_seq_len: int | None = None,
                  prefill_chunk: int = 512, matmul_dtype: torch.dtype | None = None):
         """matmul_dtype: torch.bfloat16 runs an fp32 model's linear layers in bf16 on packed weights (mixed-
         precision rollouts: faster on CPUs with AMX, log-probs off by bf16 rounding); None keeps the model's
-        dtype (a bf16 model is packed anyway, see models/linear.py)."""
+        dtype (a bf16 model is packed anyway, see models/linear.py).
+
+        The engine runs where the model's parameters are (`device`); move the model before adding requests."""
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.prefill_chunk = max_batch_size, prefill_chunk
         self.max_seq_len = min(max_seq_len or model.config.max_seq_len, model.config.max_seq_len)
@@ -85,8 +108,14 @@ class Engine:
         self.free_rows = list(range(max_batch_size))
         self._ids = itertools.count()
         self._cache_ready = False
+        self.rows: RowState | None = None  # allocated with the cache, on the model's device
         self._packed = PackedLinears(model, matmul_dtype)
         self.last_completion: Completion | None = None  # of the last `stream` call
+
+    @property
+    def device(self) -> torch.device:
+        """The model's device, where every tensor of the engine is made."""
+        return next(self.model.parameters()).device
 
     # ---- requests ---------------------------------------------------------------------------------------------
 
@@ -107,7 +136,7 @@ class Engine:
             raise R1kitError("empty prompt")
         if len(ids) >= self.max_seq_len:
             raise R1kitError(f"prompt has {len(ids)} tokens; the context window is {self.max_seq_len} tokens")
-        req = Request(next(self._ids), ids, params, prefilled, make_generator(params.seed))
+        req = Request(next(self._ids), ids, params, prefilled, make_generator(params.seed, self.device))
         self.waiting.append(req)
         return req
 
@@ -132,6 +161,7 @@ class Engine:
         try:
             if not self._cache_ready:
                 self.model.setup_cache(self.max_batch_size, self.max_seq_len)
+                self.rows = RowState.allocate(self.max_batch_size, self.device)
                 self._cache_ready = True
             self._compact()
             with self._packed.active():  # bf16 on CPU: oneDNN-packed weights (models/linear.py)
@@ -158,41 +188,51 @@ class Engine:
         if not batch:
             return []
         self.running.extend(batch)
-        T = max(len(r.prompt_ids) for r in batch)
-        ids = torch.full((len(batch), T), self.pad_id, dtype=torch.long)
-        for i, r in enumerate(batch):
-            ids[i, : len(r.prompt_ids)] = torch.tensor(r.prompt_ids)
-        rows = torch.tensor([r.row for r in batch])
-        last_index = torch.tensor([len(r.prompt_ids) - 1 for r in batch])
-        last_hidden = torch.zeros(len(batch), self.model.config.dim, dtype=self.model.embed_tokens.weight.dtype)
+        dev, B, T = self.device, len(batch), max(len(r.prompt_ids) for r in batch)
+        ids = torch.tensor([r.prompt_ids + [self.pad_id] * (T - len(r.prompt_ids)) for r in batch],
+                           device=dev)  # (B, T) right-padded
+        rows = torch.tensor([r.row for r in batch], device=dev)  # (B,)
+        last_index = torch.tensor([len(r.prompt_ids) - 1 for r in batch], device=dev)  # (B,)
+        batch_index = torch.arange(B, device=dev)
+        last_hidden = None  # (B, d) the hidden state at each prompt's last token
         for start in range(0, T, self.prefill_chunk):  # chunked prefill bounds attention memory on long prompts
             end = min(start + self.prefill_chunk, T)
-            pos = torch.arange(start, end).expand(len(batch), -1)
+            pos = torch.arange(start, end, device=dev).expand(B, -1)  # (B, T_chunk)
             h = self.model.forward_cached(ids[:, start:end], pos, kv_len=end, cache_rows=rows)
-            here = (last_index >= start) & (last_index < end)
-            if here.any():
-                last_hidden[here] = h[here, (last_index[here] - start)]
-        self._sample_and_append(batch, self.model.lm_head(last_hidden))
+            here = (last_index >= start) & (last_index < end)  # (B,) prompts ending in this chunk
+            at = h[batch_index, (last_index - start).clamp(0, end - start - 1)]  # (B, d)
+            last_hidden = at if last_hidden is None else torch.where(here[:, None], at, last_hidden)
+        sampling = SamplingTensors.from_params([r.params for r in batch], dev)
+        tokens = self._sample_and_append(batch, self.model.lm_head(last_hidden), sampling)
+        self.rows.token[rows], self.rows.pos[rows] = tokens, last_index + 1
+        self.rows.sampling[rows] = sampling
         return batch
 
     def _decode(self, reqs: list[Request]) -> None:
-        rows = [r.row for r in reqs]
-        tokens = torch.tensor([[r.out_ids[-1]] for r in reqs])
-        pos = torch.tensor([[len(r.prompt_ids) + len(r.out_ids) - 1] for r in reqs])
-        cache_rows = None if rows == list(range(len(rows))) else torch.tensor(rows)
-        h = self.model.forward_cached(tokens, pos, kv_len=int(pos.max()) + 1, cache_rows=cache_rows)
-        self._sample_and_append(reqs, self.model.lm_head(h[:, -1]))
+        """One token for requests in rows 0..n-1 (`_compact` keeps them there), read from `self.rows`."""
+        n = len(reqs)
+        assert [r.row for r in reqs] == list(range(n)), "decode expects rows 0..n-1"
+        kv_len = max(len(r.prompt_ids) + len(r.out_ids) for r in reqs)  # from the host: no device sync
+        h = self.model.forward_cached(self.rows.token[:n, None], self.rows.pos[:n, None], kv_len=kv_len)
+        tokens = self._sample_and_append(reqs, self.model.lm_head(h[:, -1]), self.rows.sampling[:n])
+        self.rows.token[:n] = tokens
+        self.rows.pos[:n] += 1
 
-    def _sample_and_append(self, reqs: list[Request], logits: torch.Tensor) -> None:
-        tokens, logprobs = sample(logits, [r.params for r in reqs], [r.generator for r in reqs])
-        for req, tok, lp in zip(reqs, tokens.tolist(), logprobs.tolist()):
+    def _sample_and_append(self, reqs: list[Request], logits: torch.Tensor,
+                           sampling: SamplingTensors) -> torch.Tensor:
+        """Sample one token per request, append it and apply the stop rules; returns the tokens (B,) on device."""
+        tokens, logprobs = sample(logits, [r.params for r in reqs], [r.generator for r in reqs], sampling)
+        host_tokens, host_logprobs = torch.stack([tokens.double(), logprobs.double()]).tolist()  # the one sync
+        for req, tok, lp in zip(reqs, host_tokens, host_logprobs):
+            tok = int(tok)
             req.out_ids.append(tok)
             req.logprobs.append(lp)
             if tok in self.eos_ids and not req.params.ignore_eos:
                 req.finish_reason = "stop"
             else:
+                checked = len(req.text)  # text before this token was searched for stop strings already
                 self._detokenize(req)
-                if req.params.stop and self._hit_stop(req):
+                if req.params.stop and self._hit_stop(req, checked):
                     req.finish_reason = "stop"
                 elif (len(req.out_ids) >= req.params.max_new_tokens
                       or len(req.prompt_ids) + len(req.out_ids) >= self.max_seq_len):
@@ -200,6 +240,7 @@ class Engine:
             if req.done and not req.cut_at_stop:
                 ids = req.out_ids[:-1] if req.finish_reason == "stop" else req.out_ids  # drop the EOS
                 req.text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return tokens
 
     def _compact(self) -> None:
         """Move running requests into the lowest rows, so a decode step reads rows 0..n-1 of the cache as a slice.
@@ -212,6 +253,7 @@ class Engine:
                 break
             hole = self.free_rows.pop(0)  # sorted: the lowest free row, below n
             self.model.move_cache_row(req.row, hole, len(req.prompt_ids) + len(req.out_ids))
+            self.rows.move(req.row, hole)
             self.free_rows.append(req.row)
             self.free_rows.sort()
             req.row = hole
@@ -234,9 +276,13 @@ class Engine:
             req.text += window[len(before):]
             req._prefix, req._read = req._read, len(req.out_ids)
 
-    def _hit_stop(self, req: Request) -> bool:
+    def _hit_stop(self, req: Request, checked: int) -> bool:
+        """Cut the text at the first stop string that ends past its first `checked` characters (searched before).
+
+        One token may add any number of characters: a match can start in earlier text or lie wholly inside the
+        new ones; it starts no earlier than `checked - len(stop) + 1`."""
         longest = max(len(s) for s in req.params.stop)
-        tail_start = max(0, len(req.text) - longest - 16)
+        tail_start = max(0, checked - longest + 1)
         hits = [i for s in req.params.stop if (i := req.text.find(s, tail_start)) != -1]
         if hits:
             req.text = req.text[: min(hits)]

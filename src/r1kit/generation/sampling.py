@@ -1,15 +1,16 @@
 """Sampling parameters and the per-step sampler.
 
-Every row of a batch carries its own parameters and its own seeded torch.Generator, so a request's output
-depends only on its seed, never on what else shares the batch. A row draws one uniform number per step and
-inverts the CDF of its filtered distribution (top-k, top-p, min-p applied to temperature-scaled probabilities).
-Temperature 0 is greedy. Log-probabilities returned to callers are those of the temperature-scaled
-distribution before filtering — the policy GRPO optimizes (as TRL and verl compute it).
+Every row of a batch carries its own parameters and its own seeded torch.Generator (on the model's device), so
+a request's output depends only on its seed, never on what else shares the batch. A row draws one uniform number
+per step and inverts the CDF of its filtered distribution: temperature, then min-p, top-k, and top-p on what
+top-k left, renormalized (vLLM's order; see `keep_sorted`). Temperature 0 is greedy. Log-probabilities returned
+to callers are those of the temperature-scaled distribution before filtering — the policy GRPO optimizes (as TRL
+and verl compute it). The sampler never waits for the device: tokens and log-probs come back as device tensors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -43,8 +44,39 @@ class SamplingParams:
             raise ConfigError(f"min_p must be in [0, 1), got {self.min_p}")
 
 
-def make_generator(seed: int | None) -> torch.Generator:
-    g = torch.Generator()
+@dataclass
+class SamplingTensors:
+    """The sampling parameters of a batch's rows as (B,) tensors on the logits' device.
+
+    `sample` builds them from the params when not given; the engine keeps one per cache row instead (written
+    when a request is admitted, sliced each step), so a decode step copies nothing host -> device."""
+
+    temperature: torch.Tensor  # (B,) float32
+    top_p: torch.Tensor  # (B,) float32
+    top_k: torch.Tensor  # (B,) int64, 0: off
+    min_p: torch.Tensor  # (B,) float32
+
+    @classmethod
+    def from_params(cls, params: list[SamplingParams], device: torch.device | str) -> SamplingTensors:
+        values = torch.tensor([[p.temperature, p.top_p, p.top_k, p.min_p] for p in params], dtype=torch.float64,
+                              device=device)  # (B, 4): one host -> device copy
+        return cls(values[:, 0].float(), values[:, 1].float(), values[:, 2].long(), values[:, 3].float())
+
+    @classmethod
+    def empty(cls, rows: int, device: torch.device | str) -> SamplingTensors:
+        return cls.from_params([SamplingParams()] * rows, device)
+
+    def __getitem__(self, index) -> SamplingTensors:
+        return SamplingTensors(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    def __setitem__(self, index, other: SamplingTensors) -> None:
+        for f in fields(self):
+            getattr(self, f.name)[index] = getattr(other, f.name)
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A request's generator, on the device its draws are made on (a CPU generator draws as before)."""
+    g = torch.Generator(device=device)
     if seed is None:
         g.seed()
     else:
@@ -53,19 +85,26 @@ def make_generator(seed: int | None) -> torch.Generator:
 
 
 def sample(
-    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator],
+    tensors: SamplingTensors | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (B, V) -> next tokens (B,) and their log-probabilities (B,) under the temperature-scaled policy."""
+    """logits (B, V) -> next tokens (B,) and their log-probabilities (B,) under the temperature-scaled policy.
+
+    Both stay on the logits' device: nothing here waits for the device. generators: one per row, on that device.
+    tensors: `params` as device tensors (built here when None)."""
     logits = logits.float()
     if all(p.temperature == 0 for p in params):  # greedy: no (B, V) log-softmax to materialize
         tokens = argmax(logits)
         return tokens, logits.gather(1, tokens[:, None]).squeeze(1) - logits.logsumexp(dim=-1)
-    temps = torch.tensor([p.temperature for p in params])
-    greedy = temps == 0
+    t = tensors if tensors is not None else SamplingTensors.from_params(params, logits.device)
+    greedy = t.temperature == 0  # (B,)
     if not all(p.temperature in (0, 1) for p in params):
-        logits = logits / torch.where(greedy, 1.0, temps)[:, None]
+        logits = logits / torch.where(greedy, 1.0, t.temperature)[:, None]
     logp = torch.log_softmax(logits, dim=-1)  # (B, V)
-    tokens = torch.where(greedy, argmax(logits), _sample_filtered(logp, params, generators))
+    u = torch.cat([torch.rand(1, generator=g, device=logits.device) for g in generators])  # (B,) one draw per row
+    tokens = _sample_filtered(logp, params, t, u)
+    if any(p.temperature == 0 for p in params):
+        tokens = torch.where(greedy, argmax(logits), tokens)
     return tokens, logp.gather(1, tokens[:, None]).squeeze(1)
 
 
@@ -74,36 +113,56 @@ def argmax(x: torch.Tensor, block: int = 1024) -> torch.Tensor:
 
     A CPU argmax over a 50K-150K vocabulary is a scalar loop (about 1 ms for 16 rows of 49K); `amax` is
     vectorized. So take the max of each block of `block` columns, pick the first block holding the row's max,
-    and run argmax over that block alone."""
+    and run argmax over that block alone. Other devices use `torch.argmax`."""
     B, V = x.shape
     n_blocks = V // block
-    if n_blocks < 2:
+    if n_blocks < 2 or x.device.type != "cpu":
         return x.argmax(dim=-1)
     x = x.contiguous()
     maxima = x.as_strided((B, n_blocks, block), (V, block, 1)).amax(dim=-1)  # (B, n_blocks)
     if n_blocks * block < V:  # the short last block
         maxima = torch.cat([maxima, x[:, n_blocks * block:].amax(dim=-1, keepdim=True)], dim=1)
     start = maxima.argmax(dim=-1) * block  # (B,)
-    cols = (start[:, None] + torch.arange(block)).clamp(max=V - 1)  # clamped repeats come after the real last
+    cols = (start[:, None] + torch.arange(block, device=x.device)).clamp(max=V - 1)  # clamped repeats come last
     return start + x.gather(1, cols).argmax(dim=-1)
 
 
-def _sample_filtered(logp: torch.Tensor, params: list[SamplingParams], generators) -> torch.Tensor:
+def keep_sorted(sorted_p: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Which tokens survive the filters: sorted_p (B, V) is each row's distribution sorted descending; top_k,
+    top_p, min_p are (B,). Returns (B, V) bool, always a prefix of each row (the most likely token included).
+
+    The order is vLLM's (v1): min_p (relative to the most likely token), then top-k, then top-p on the
+    distribution renormalized over what is left. transformers applies top-k then top-p the same way (and min_p
+    last; min_p and top-k commute, min_p and top-p do not). A tie with the k-th probability survives top-k, as in
+    both."""
+    V = sorted_p.shape[1]
+    k = torch.where(top_k > 0, top_k, V).clamp(max=V)  # (B,)
+    kth = sorted_p.gather(1, (k - 1)[:, None])  # (B, 1)
+    keep = (sorted_p >= kth) & (sorted_p >= min_p[:, None] * sorted_p[:, :1])  # (B, V)
+    kept = sorted_p * keep
+    above = kept.cumsum(dim=-1) - kept  # (B, V) kept mass ranked above each token
+    in_top_p = above < top_p[:, None] * kept.sum(dim=-1, keepdim=True)  # top-p of the renormalized distribution
+    keep &= in_top_p | (top_p >= 1)[:, None]
+    keep[:, 0] = True
+    return keep
+
+
+def _sample_filtered(logp: torch.Tensor, params: list[SamplingParams], t: SamplingTensors,
+                     u: torch.Tensor) -> torch.Tensor:
+    """Invert each row's filtered CDF at its uniform draw u (B,).
+
+    A row without filters inverts its CDF in vocabulary order, a filtered row in sorted order (its kept tokens
+    are a prefix there). The choice is made per row, so a request's tokens never depend on the filters of the
+    other rows in its batch."""
     V = logp.shape[1]
-    u = torch.cat([torch.rand(1, generator=g) for g in generators])  # (B,) one draw per row
     probs = logp.exp()
+    cdf = probs.cumsum(dim=-1)  # (B, V)
+    plain = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(1).clamp(max=V - 1)
     if all(p.top_p >= 1 and p.top_k == 0 and p.min_p == 0 for p in params):
-        cdf = probs.cumsum(dim=-1)
-        idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(1)
-        return idx.clamp(max=V - 1)
+        return plain
     sorted_p, order = probs.sort(dim=-1, descending=True)
-    top_p = torch.tensor([p.top_p for p in params])[:, None]
-    top_k = torch.tensor([p.top_k or V for p in params])[:, None]
-    min_p = torch.tensor([p.min_p for p in params])[:, None]
-    ranks = torch.arange(V)[None, :]
-    keep = (sorted_p.cumsum(dim=-1) - sorted_p < top_p) & (ranks < top_k) & (sorted_p >= min_p * sorted_p[:, :1])
-    keep[:, 0] = True  # the most likely token always survives
-    cdf = (sorted_p * keep).cumsum(dim=-1)
-    # every filter keeps a prefix of the sorted tokens, so the first index whose cdf reaches u*total is kept
+    cdf = (sorted_p * keep_sorted(sorted_p, t.top_k, t.top_p, t.min_p)).cumsum(dim=-1)
     choice = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=V - 1)
-    return order.gather(1, choice).squeeze(1)
+    filtered = order.gather(1, choice).squeeze(1)
+    unfiltered = (t.top_p >= 1) & (t.top_k == 0) & (t.min_p == 0)  # (B,)
+    return torch.where(unfiltered, plain, filtered)

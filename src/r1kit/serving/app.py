@@ -5,9 +5,10 @@ Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/comp
   `reasoning_content` deltas come first, then `content`, then `data: [DONE]`. Earlier assistant turns are sent to
   the template without their reasoning (any `<think>...</think>` is cut; a `reasoning_content` field is ignored).
 - Every error is an OpenAI-style body {"error": {"message", "type", "param", "code"}}: 400 bad JSON or
-  parameters or a prompt longer than the context, 401 wrong or missing API key (when one is set), 404 unknown
-  model or route, 429 server full, 500 engine failure.
-- A client that disconnects (streamed or not) cancels its requests at the next decode step.
+  parameters, a prompt longer than the context or a max_tokens beyond what the context leaves after it, 401 wrong
+  or missing API key (when one is set), 404 unknown model or route, 429 server full, 500 engine failure.
+- A client that disconnects (streamed or not) aborts its requests before the next decode step, freeing their
+  engine rows.
 
 Left out: tools, logprobs, embeddings, multiple models per server, TLS (put a proxy in front).
 """
@@ -122,7 +123,7 @@ def _encode(engine: Engine, prompt, param: str) -> tuple[list[int], bool]:
 
 def _params(body: P._GenerationRequest, choice: int, engine: Engine, ids: list[int]) -> SamplingParams:
     try:
-        return body.sampling_params(choice, default_max_tokens=engine.max_seq_len - len(ids))
+        return body.sampling_params(choice, prompt_tokens=len(ids), context=engine.max_seq_len)
     except ConfigError as e:
         raise P.ApiError(400, str(e)) from e
 

@@ -64,16 +64,26 @@ class _GenerationRequest(BaseModel):
                 raise ApiError(400, f"'{name}' is not supported by this server", param=name,
                                code="unsupported_parameter")
 
-    def sampling_params(self, choice: int, default_max_tokens: int) -> SamplingParams:
-        """Engine parameters of choice number `choice`; a given seed becomes seed + choice, so choices differ."""
+    def sampling_params(self, choice: int, *, prompt_tokens: int, context: int) -> SamplingParams:
+        """Engine parameters of choice number `choice`; a given seed becomes seed + choice, so choices differ.
+
+        max_tokens defaults to what the context leaves after the prompt; asking for more is a 400 naming the field
+        and the limit (as OpenAI and vLLM answer), not a reply that runs to the end of the context."""
+        room = context - prompt_tokens
+        field, asked = self._max_tokens()
+        if asked is not None and asked > room:
+            raise ApiError(400, f"{field} is too large: {asked}. This model's context is {context} tokens and the "
+                                f"prompt has {prompt_tokens}, so at most {room} tokens can be generated",
+                           param=field, code="invalid_value")
         return SamplingParams(
-            max_new_tokens=self._max_tokens() or default_max_tokens,
+            max_new_tokens=room if asked is None else asked,
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0, min_p=self.min_p or 0.0,
             seed=None if self.seed is None else self.seed + choice, stop=self.stop or [])
 
-    def _max_tokens(self) -> int | None:
-        return self.max_tokens
+    def _max_tokens(self) -> tuple[str, int | None]:
+        """(the field that sets the reply's length, its value)."""
+        return "max_tokens", self.max_tokens
 
     @property
     def include_usage(self) -> bool:
@@ -101,8 +111,10 @@ class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
 
-    def _max_tokens(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+    def _max_tokens(self) -> tuple[str, int | None]:
+        if self.max_completion_tokens is not None:  # OpenAI's successor of max_tokens wins when both are sent
+            return "max_completion_tokens", self.max_completion_tokens
+        return "max_tokens", self.max_tokens
 
 
 class CompletionRequest(_GenerationRequest):
