@@ -24,7 +24,9 @@ WORKER = textwrap.dedent(
     from r1kit.config import load_config
     from r1kit.training.distributed import barrier, process_group
     from r1kit.training.recipes import RECIPES
+    from r1kit.rewards import REWARDS
 
+    REWARDS["variety"] = lambda completion, **_: len(set(completion)) / max(len(completion), 1)
     with process_group() as topo:
         for job in json.loads(Path(sys.argv[1]).read_text()):
             if job["op"] == "train":
@@ -58,6 +60,13 @@ def sft_overrides(out):
             "optim": {"lr": 3e-3, "schedule": "constant"}}
 
 
+def grpo_overrides(out):
+    return {"model": "toy-moe", "rewards": {"variety": 1.0}, "questions_per_step": 2, "num_generations": 4,
+            "max_new_tokens": 8, "micro_batch_size": 4, "loss": {"beta": 0.04}, "scale_rewards": "batch",
+            "run": {"output_dir": str(out), "steps": 2, "save_every": 2, "progress": False, "seed": 1},
+            "optim": {"lr": 3e-3}, "data": {"tasks": ["addition"], "level": 2, "num_train": 16, "num_test": 4}}
+
+
 def run_one(kind, overrides):
     config_cls, run = RECIPES[kind].load()
     return run(load_config(config_cls, overrides=overrides))
@@ -78,6 +87,7 @@ def two(tmp_path_factory):
         {"op": "fork", "src": str(root / "pretrain"), "dst": str(root / "resume1"), "keep": 2},
         {"op": "train", "kind": "pretrain", "overrides": pretrain_overrides(root / "resume2")},
         {"op": "train", "kind": "sft", "overrides": sft_overrides(root / "sft")},
+        {"op": "train", "kind": "grpo", "overrides": grpo_overrides(root / "grpo")},
     ]
     (root / "jobs.json").write_text(json.dumps(jobs))
     (root / "worker.py").write_text(WORKER)
@@ -132,3 +142,20 @@ def test_export_of_a_sharded_checkpoint_loads_in_transformers(two, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, exported(ids), rtol=1e-4, atol=1e-4)
     shutil.rmtree(out)
+
+
+def test_grpo_two_processes_match_one(two, tmp_path, monkeypatch):
+    from r1kit.rewards import REWARDS
+
+    monkeypatch.setitem(REWARDS, "variety", lambda completion, **_: len(set(completion)) / max(len(completion), 1))
+    run_one("grpo", grpo_overrides(tmp_path / "one"))
+    one, two_ = metrics(tmp_path / "one"), metrics(two / "grpo")
+    assert [r["step"] for r in one] == [1, 2]
+    assert one[0]["reward_std"] > 0  # the toy policy's rewards vary: the policy gradient is not zero
+    for ra, rb in zip(one, two_):  # same completions (seeds), same rewards, same update
+        for k in ("reward", "reward_std", "accuracy", "completion_len", "frac_zero_std", "truncated"):
+            assert ra[k] == rb[k], (ra["step"], k)
+        # (expert_load_max differs by design: one process also counts the rollout's tokens, N processes
+        # generate on an unsharded copy)
+        for k in ("policy_loss", "kl", "grad_norm", "entropy", "adv_std", "lr"):
+            assert ra[k] == pytest.approx(rb[k], rel=2e-4, abs=1e-6), (ra["step"], k, ra[k], rb[k])

@@ -27,6 +27,7 @@ offload, asynchronous checkpointing, float8 all-gathers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -213,43 +214,64 @@ def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def full_weights(model: nn.Module) -> Iterator[nn.Module]:
-    """Every parameter of a sharded model gathered on every rank for the duration (collective: all ranks
-    enter), e.g. to generate with the engine, which calls the model's cached-decode methods directly."""
-    modules = fsdp_modules(model)
-    for m in modules:
-        m.unshard()
-    try:
-        yield model
-    finally:
-        for m in modules:
-            m.reshard()
-
-
-def full_state_dict(model: nn.Module, topo: Topology) -> dict[str, torch.Tensor]:
-    """The model's full state dict on the CPU of rank 0 ({} on other ranks); collective when sharded."""
+def full_state_dict(model: nn.Module, topo: Topology, everywhere: bool = False) -> dict[str, torch.Tensor]:
+    """The model's full (unsharded) state dict; collective when sharded. By default only rank 0 gets it, on the
+    CPU ({} on other ranks); `everywhere`: every rank gets it, on the model's device."""
     if not is_sharded(model):
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return {k: v.detach() if everywhere else v.detach().cpu() for k, v in model.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return full if topo.is_main else {}
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
+    return full if everywhere or topo.is_main else {}
 
 
-def plain_copy(model: nn.Module, topo: Topology) -> nn.Module | None:
-    """An unsharded r1kit Transformer with the model's current weights on rank 0's CPU (None on the other
-    ranks); the model itself when it is not sharded. Collective when sharded."""
+def plain_copy(model: nn.Module, topo: Topology, everywhere: bool = False) -> nn.Module | None:
+    """An unsharded r1kit Transformer with the model's current weights (the model itself when it is not
+    sharded); collective when sharded. By default on rank 0's CPU (None on other ranks); `everywhere`: on every
+    rank, on the model's device (e.g. for an inference engine, which calls the model's cached-decode methods
+    directly, outside FSDP's hooks)."""
     if not is_sharded(model):
         return model
-    state = full_state_dict(model, topo)
-    if not topo.is_main:
+    state = full_state_dict(model, topo, everywhere)
+    if not state:
         return None
     from r1kit.models.checkpoint import build_model
 
-    return build_model(model.config, state)
+    return build_model(model.config, state, device=next(iter(state.values())).device)
 
 
-__all__ = ["Topology", "all_gather_objects", "all_reduce", "all_reduce_sum", "barrier", "full_state_dict",
-           "full_weights", "gradient_sync", "is_sharded", "plain_copy", "process_group", "rank_share",
+class RankEngine:
+    """A rollout engine as one rank of a sharded policy uses it. The engine runs on an unsharded copy of the
+    policy (`plain_copy(everywhere=True)`; `refresh()` after each optimizer step gathers the new weights into
+    it), and this rank's request i is sampled with the seed of request `offset + i` of a single-process run,
+    so N processes draw exactly the completions one process would. Anything else is the wrapped engine's.
+
+    The copy costs one full model per rank: fine for models that fit a GPU twice; beyond that the rollout
+    belongs in vLLM (weights pushed, `rollout_backend: vllm`)."""
+
+    def __init__(self, make_engine, policy: nn.Module, topo: Topology, offset: int = 0):
+        self.policy, self.topo, self.offset = policy, topo, offset
+        self.model = plain_copy(policy, topo, everywhere=True).eval()
+        self.engine = make_engine(self.model)
+
+    def refresh(self) -> None:
+        """Copy the policy's current weights (and router biases) into the engine's model (collective)."""
+        with torch.no_grad():
+            self.model.load_state_dict(full_state_dict(self.policy, self.topo, everywhere=True), strict=False)
+
+    def _shift(self, params):
+        if params is None or getattr(params, "seed", None) is None:
+            return params
+        return dataclasses.replace(params, seed=params.seed + self.offset)
+
+    def generate(self, prompts, params=None, **kwargs):
+        params = [self._shift(p) for p in params] if isinstance(params, list) else self._shift(params)
+        return self.engine.generate(prompts, params, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+__all__ = ["RankEngine", "Topology", "all_gather_objects", "all_reduce", "all_reduce_sum", "barrier", "full_state_dict",
+           "gradient_sync", "is_sharded", "plain_copy", "process_group", "rank_share",
            "shard_model", "sync_expert_load", "topology"]

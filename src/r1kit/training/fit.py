@@ -47,30 +47,12 @@ def to_device(batch: Batch, device) -> Batch:
                                          for f in dataclasses.fields(batch) if getattr(batch, f.name) is not None})
 
 
-class _RankLogger:
-    """What a non-zero rank logs: nothing (rank 0 writes metrics and samples)."""
+def evaluate_on_rank0(evaluate: Evaluator, model, topo) -> float | None:
+    """Held-out accuracy of the current weights, measured by rank 0 on an unsharded copy (None elsewhere)."""
+    from r1kit.training.distributed import plain_copy
 
-    def log(self, step, record):
-        return record
-
-    def log_samples(self, step, samples):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-
-def metrics_logger(run, total_steps: int, show: tuple[str, ...], progress: bool, desc: str):
-    """Rank 0's MetricsLogger (metrics.jsonl, samples.jsonl, progress bar); a silent one on other ranks."""
-    from r1kit.training.metrics import MetricsLogger
-
-    if not run.topo.is_main:
-        return _RankLogger()
-    return MetricsLogger(run.dir, total_steps=total_steps, start_step=run.start_step, show=show, progress=progress,
-                         desc=desc)
+    copy = plain_copy(model, topo)  # collective when sharded; rank 0's CPU
+    return evaluate(copy.to(next(model.parameters()).device)) if copy is not None else None
 
 
 def fit(run, samples: list[Sample], batch_cfg: BatchConfig, run_cfg: RunConfig, optim: OptimConfig, *, desc: str,
@@ -83,12 +65,11 @@ def fit(run, samples: list[Sample], batch_cfg: BatchConfig, run_cfg: RunConfig, 
     """
     from r1kit.training.distributed import (
         all_reduce_sum,
-        full_weights,
         gradient_sync,
         rank_share,
         sync_expert_load,
     )
-    from r1kit.training.loop import finish_run, save_step
+    from r1kit.training.loop import finish_run, metrics_logger, save_step
     from r1kit.training.optim import clip_grad_norm
     from r1kit.training.packing import collate, make_rows, step_rows, truncate
 
@@ -106,8 +87,7 @@ def fit(run, samples: list[Sample], batch_cfg: BatchConfig, run_cfg: RunConfig, 
     last: dict = {}
     with metrics_logger(run, run_cfg.steps, ("loss", "eval_accuracy"), run_cfg.progress, desc) as log:
         if evaluate is not None and run.start_step == 0:
-            with full_weights(model):
-                log.log(0, {"eval_accuracy": evaluate(model)})
+            log.log(0, {"eval_accuracy": evaluate_on_rank0(evaluate, model, topo)})
         for step in range(run.start_step + 1, run_cfg.steps + 1):
             t0 = time.perf_counter()
             mine = rank_share(step_rows(rows, step, batch_cfg.batch_size, run_cfg.seed), topo)
@@ -138,8 +118,7 @@ def fit(run, samples: list[Sample], batch_cfg: BatchConfig, run_cfg: RunConfig, 
             record["step_s"] = time.perf_counter() - t0
             record["tok_s"] = n_tokens / record["step_s"]
             if evaluate is not None and evaluate.every and step % evaluate.every == 0:
-                with full_weights(model):
-                    record["eval_accuracy"] = evaluate(model)
+                record["eval_accuracy"] = evaluate_on_rank0(evaluate, model, topo)
             last = log.log(step, record)
             if step % run_cfg.save_every == 0 or step == run_cfg.steps:
                 save_step(run, step, run_cfg)

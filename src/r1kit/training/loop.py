@@ -207,6 +207,32 @@ def finish_run(r: Run, plot_keys: list[str]) -> Path:
     return final
 
 
+class _RankLogger:
+    """What a non-zero rank logs: nothing (rank 0 writes metrics and samples)."""
+
+    def log(self, step, record):
+        return record
+
+    def log_samples(self, step, samples):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def metrics_logger(run, total_steps: int, show: tuple[str, ...], progress: bool, desc: str):
+    """Rank 0's MetricsLogger (metrics.jsonl, samples.jsonl, progress bar); a silent one on other ranks."""
+    from r1kit.training.metrics import MetricsLogger
+
+    if not run.topo.is_main:
+        return _RankLogger()
+    return MetricsLogger(run.dir, total_steps=total_steps, start_step=run.start_step, show=show, progress=progress,
+                         desc=desc)
+
+
 def enable_activation_checkpointing(model: torch.nn.Module) -> None:
     """Recompute each block's activations in backward instead of storing them."""
     from torch.utils.checkpoint import checkpoint
