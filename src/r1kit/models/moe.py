@@ -125,7 +125,8 @@ class MoE(nn.Module):
         B, T, d = x.shape
         flat = x.reshape(-1, d)
         weights, indices, scores = self.gate(flat)
-        counts = torch.bincount(indices.flatten(), minlength=self.n_experts)
+        slots = indices.flatten()  # tokens per expert, without bincount's device-to-host sync on CUDA
+        counts = slots.new_zeros(self.n_experts).index_add_(0, slots, torch.ones_like(slots))
         out = self.experts(flat, weights, indices, counts)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)
