@@ -400,3 +400,36 @@ def test_a_decode_step_makes_one_host_transfer(monkeypatch, device):
     if device.type == "cuda":
         syncs = [w for w in caught if "synchronizing" in str(w.message)]
         assert len(syncs) == steps, [str(w.message) for w in syncs]
+
+
+@pytest.mark.parametrize("preset", ["toy-moe", "toy-dense"])
+def test_shared_prompt_prefixes_match_solo_runs(monkeypatch, preset, device):
+    """Requests with the same prompt (a GRPO group) prefill it once and copy its cache rows (MLA: c_KV and k_pe;
+    GQA: K and V); a prompt still held by a running request is not prefilled again. Every seeded output equals
+    the same request decoded alone, token for token, with the same log-probs."""
+    model = r1kit.load_model(preset).eval().to(device)
+    tok = toy_tokenizer()
+    a, b = [1, 5, 17, 40, 33, 21, 9, 12], [1, 9, 12, 50]
+    prompts = [a, b, a, a, b, a, [44], a, b]  # 9 requests through 4 rows: later ones join running holders
+    params = [SamplingParams(max_new_tokens=3 + (i * 5) % 11, temperature=[1.0, 0.7, 0][i % 3], top_p=0.9,
+                             seed=100 + i, ignore_eos=True) for i in range(len(prompts))]
+    prefilled = []
+    real_forward = model.forward_cached
+
+    def spy(input_ids, cache_pos, *, kv_len, cache_rows=None):
+        if input_ids.shape[1] > 1:
+            prefilled.extend(map(tuple, input_ids.tolist()))
+        return real_forward(input_ids, cache_pos, kv_len=kv_len, cache_rows=cache_rows)
+
+    monkeypatch.setattr(model, "forward_cached", spy)
+    engine = Engine(model, tok, max_batch_size=4, max_seq_len=64)
+    together = engine.generate(prompts, params)
+    monkeypatch.undo()
+    assert len(prefilled) == 3  # a and b at the first admission, [44] (padded) when a row freed up
+    assert not engine._prefix_hidden  # released with the last request holding the prompt
+    for prompt, sp, got in zip(prompts, params, together):
+        [alone] = Engine(model, tok, max_batch_size=1, max_seq_len=64, share_prefixes=False).generate([prompt], sp)
+        assert got.token_ids == alone.token_ids and len(got.token_ids) == sp.max_new_tokens
+        assert torch.allclose(torch.tensor(got.logprobs), torch.tensor(alone.logprobs), atol=1e-5)
+    unshared = Engine(model, tok, max_batch_size=4, max_seq_len=64, share_prefixes=False).generate(prompts, params)
+    assert [c.token_ids for c in unshared] == [c.token_ids for c in together]

@@ -13,7 +13,10 @@ One Engine serves `r1kit.generate`, GRPO rollouts, rejection sampling, evaluatio
   (last token, its position, sampling parameters) stays there between steps (`RowState`), so a step copies
   nothing host -> device and makes one device -> host transfer: the sampled tokens and their log-probs.
 
-Left out: paged attention, prefix caching and speculative decoding (MTP draft); CUDA graphs. For GPU-scale
+- Prefix sharing: requests admitted with the same prompt (a GRPO group, an eval problem's k samples) prefill it
+  once; the others copy its cache rows (`_admit`).
+
+Left out: paged attention, a prefix cache across finished requests and partial-prefix matching; CUDA graphs. For GPU-scale
 serving use the vLLM backend (`r1kit.generation.vllm_backend`) behind the same `generate` interface.
 """
 
@@ -90,8 +93,9 @@ class RowState:
 
 class Engine:
     def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_seq_len: int | None = None,
-                 prefill_chunk: int = 512, matmul_dtype: torch.dtype | None = None):
-        """matmul_dtype: torch.bfloat16 runs an fp32 model's linear layers in bf16 on packed weights (mixed-
+                 prefill_chunk: int = 512, matmul_dtype: torch.dtype | None = None, share_prefixes: bool = True):
+        """share_prefixes: requests with identical prompt ids prefill once and copy its cache rows (see `_admit`).
+        matmul_dtype: torch.bfloat16 runs an fp32 model's linear layers in bf16 on packed weights (mixed-
         precision rollouts: faster on CPUs with AMX, log-probs off by bf16 rounding); None keeps the model's
         dtype (a bf16 model is packed anyway, see models/linear.py).
 
@@ -111,6 +115,8 @@ class Engine:
         self.rows: RowState | None = None  # allocated with the cache, on the model's device
         self._packed = PackedLinears(model, matmul_dtype)
         self.last_completion: Completion | None = None  # of the last `stream` call
+        self.share_prefixes = share_prefixes
+        self._prefix_hidden: dict[object, torch.Tensor] = {}  # prompt -> (d,) last hidden, while held
 
     @property
     def device(self) -> torch.device:
@@ -180,6 +186,12 @@ class Engine:
         return touched
 
     def _admit(self) -> list[Request]:
+        """Take free rows for waiting requests, prefill their prompts and sample each one's first token.
+
+        Prefix sharing: requests with the same prompt ids (a GRPO group, an evaluation problem's k samples) prefill
+        it once, and the others copy its cache rows; a prompt still held by a running request is not prefilled
+        again at all (its row and its last hidden state are reused). Each request then samples with its own
+        generator, so its output is the one it would have had alone."""
         batch = []
         while self.waiting and self.free_rows:
             req = self.waiting.popleft()
@@ -187,7 +199,40 @@ class Engine:
             batch.append(req)
         if not batch:
             return []
+        dev = self.device
+        groups: dict[object, list[Request]] = {}  # one group per distinct prompt (per request when not sharing)
+        for req in batch:
+            groups.setdefault(self._prefix_key(req), []).append(req)
+        hidden: dict[object, torch.Tensor] = {}  # (d,) the hidden state at each group's last prompt token
+        fresh = []
+        for key, reqs in groups.items():
+            holder = next((r for r in self.running if self._prefix_key(r) == key), None)
+            if holder is not None and key in self._prefix_hidden:
+                hidden[key] = self._prefix_hidden[key]
+                self._copy_prompt(holder, reqs)
+            else:
+                fresh.append(reqs[0])
         self.running.extend(batch)
+        if fresh:
+            for req, h in zip(fresh, self._prefill(fresh)):
+                key = self._prefix_key(req)
+                hidden[key] = h
+                self._copy_prompt(req, groups[key][1:])
+                if self.share_prefixes:
+                    self._prefix_hidden[key] = h
+        keys = list(groups)
+        index = torch.tensor([keys.index(self._prefix_key(r)) for r in batch], device=dev)  # (B,) request -> group
+        logits = self.model.lm_head(torch.stack([hidden[k] for k in keys]))[index]  # (B, V)
+        rows = torch.tensor([r.row for r in batch], device=dev)  # (B,)
+        sampling = SamplingTensors.from_params([r.params for r in batch], dev)
+        tokens = self._sample_and_append(batch, logits, sampling)
+        self.rows.token[rows] = tokens
+        self.rows.pos[rows] = torch.tensor([len(r.prompt_ids) for r in batch], device=dev)
+        self.rows.sampling[rows] = sampling
+        return batch
+
+    def _prefill(self, batch: list[Request]) -> torch.Tensor:
+        """Run the prompts of `batch` into their cache rows; returns the hidden states at their last tokens (B, d)."""
         dev, B, T = self.device, len(batch), max(len(r.prompt_ids) for r in batch)
         ids = torch.tensor([r.prompt_ids + [self.pad_id] * (T - len(r.prompt_ids)) for r in batch],
                            device=dev)  # (B, T) right-padded
@@ -202,11 +247,16 @@ class Engine:
             here = (last_index >= start) & (last_index < end)  # (B,) prompts ending in this chunk
             at = h[batch_index, (last_index - start).clamp(0, end - start - 1)]  # (B, d)
             last_hidden = at if last_hidden is None else torch.where(here[:, None], at, last_hidden)
-        sampling = SamplingTensors.from_params([r.params for r in batch], dev)
-        tokens = self._sample_and_append(batch, self.model.lm_head(last_hidden), sampling)
-        self.rows.token[rows], self.rows.pos[rows] = tokens, last_index + 1
-        self.rows.sampling[rows] = sampling
-        return batch
+        return last_hidden
+
+    def _prefix_key(self, req: Request) -> object:
+        return tuple(req.prompt_ids) if self.share_prefixes else req.id
+
+    def _copy_prompt(self, src: Request, dst: list[Request]) -> None:
+        """Copy src's prompt slots into the rows of dst (requests with the same prompt)."""
+        if dst:
+            rows = torch.tensor([r.row for r in dst], device=self.device)
+            self.model.copy_cache_rows(src.row, rows, len(src.prompt_ids))
 
     def _decode(self, reqs: list[Request]) -> None:
         """One token for requests in rows 0..n-1 (`_compact` keeps them there), read from `self.rows`."""
@@ -261,6 +311,9 @@ class Engine:
     def _release(self, req: Request) -> None:
         if req in self.running:
             self.running.remove(req)
+            key = self._prefix_key(req)
+            if key in self._prefix_hidden and not any(self._prefix_key(r) == key for r in self.running):
+                del self._prefix_hidden[key]  # no row holds this prompt any more
         if req.row is not None:
             self.free_rows.append(req.row)
             self.free_rows.sort()

@@ -99,6 +99,9 @@ class MLA(nn.Module):
     def caches(self) -> list[torch.Tensor]:
         return [self.cache_kv, self.cache_pe]
 
+    def cache_ready(self) -> bool:
+        return self.cache_kv is not None
+
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x) if self.q_lora_rank == 0 else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
@@ -161,6 +164,9 @@ class GQA(nn.Module):
 
     def caches(self) -> list[torch.Tensor]:
         return [self.cache_k, self.cache_v]
+
+    def cache_ready(self) -> bool:
+        return self.cache_k is not None
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         B, T, _ = x.shape

@@ -177,11 +177,20 @@ class Transformer(nn.Module):
             layer.self_attn.setup_cache(max_batch, max_seq_len, dtype, self.embed_tokens.weight.device)
         self.cache_batch, self.cache_len = max_batch, max_seq_len
 
+    def _attention_caches(self) -> list[torch.Tensor]:
+        """Every cache tensor (B_max, S, ...): the layers' (MLA: c_KV and k_pe; GQA: K and V), then the MTP blocks'."""
+        blocks = [*self.layers, *(m.block for m in self.mtp)]
+        return [c for b in blocks if b.self_attn.cache_ready() for c in b.self_attn.caches()]
+
     def move_cache_row(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` cache slots of row `src` into row `dst`, in every layer."""
-        for layer in self.layers:
-            for cache in layer.self_attn.caches():
-                cache[dst, :length] = cache[src, :length]
+        for cache in self._attention_caches():
+            cache[dst, :length] = cache[src, :length]
+
+    def copy_cache_rows(self, src: int, dst: torch.Tensor, length: int) -> None:
+        """Copy the first `length` cache slots of row `src` into each row of `dst` (R,): a shared prompt prefix."""
+        for cache in self._attention_caches():
+            cache[dst, :length] = cache[src, :length]
 
     def forward_cached(
         self,
