@@ -321,3 +321,39 @@ def test_bad_settings_are_config_errors(tok):
         evaluate(None, tok, "addition", top_p=0.0)
     with pytest.raises(R1kitError, match="EvalConfig"):
         evaluate(None, tok, "addition", temprature=0.6)
+
+
+# ---- a real model on the continuous engine --------------------------------------------------------------
+
+
+def test_continuous_engine_matches_batched_generate_and_retraining_invalidates_the_cache(tmp_path):
+    """With no generate_fn an r1kit model samples every pending pair on one engine, writing each record as it
+    finishes: the records equal the batched `r1kit.generate` path's (seeded sampling). The cache key carries a
+    fingerprint of the weights: the same model resumes from the cache, a model retrained into the same
+    directory (same model_id, other weights) generates afresh."""
+    import torch
+
+    import r1kit
+    from r1kit.tokenizer import toy_tokenizer
+
+    model = r1kit.load_model("toy-moe").eval()
+    tok = toy_tokenizer()
+    kw = {"limit": 3, "samples": 3, "batch_size": 4, "max_new_tokens": 12, "temperature": 1.0, "model_id": "m"}
+
+    def records(out):
+        rows = read_jsonl(out / "samples.jsonl")
+        return sorted(({k: v for k, v in r.items() if k != "weights"} for r in rows),
+                      key=lambda r: (r["problem_id"], r["sample"]))
+
+    batched = evaluate(model, tok, "addition", out_dir=tmp_path / "b", generate_fn=r1kit.generate, **kw)
+    continuous = evaluate(model, tok, "addition", out_dir=tmp_path / "c", **kw)
+    assert continuous["run"]["generated"] == 9
+    assert records(tmp_path / "b") == records(tmp_path / "c")
+    assert {k: v for k, v in batched.items() if k != "run"} == {k: v for k, v in continuous.items() if k != "run"}
+
+    again = evaluate(model, tok, "addition", out_dir=tmp_path / "c", **kw)
+    assert again["run"] == {**again["run"], "generated": 0, "cached": 9}
+    with torch.no_grad():
+        model.layers[0].mlp.gate_proj.weight.add_(1e-3)  # "retrained": same directory and model_id
+    retrained = evaluate(model, tok, "addition", out_dir=tmp_path / "c", **kw)
+    assert retrained["run"]["generated"] == 9 and retrained["run"]["cached"] == 0

@@ -1,26 +1,33 @@
 """`evaluate`: sample k answers per problem under the R1 protocol, grade them, cache them, score them.
 
 Flow: load the benchmark's problems -> list the (problem, sample) pairs not already in `samples.jsonl`
--> generate them in batches (each prompt is one user message, no system prompt, so the model's chat
-template adds its generation prompt, e.g. `<think>\\n` for R1 templates) -> grade each batch -> append
-its records -> score everything -> write summary.json, report.md and the length plot.
+-> generate them (each prompt is one user message, no system prompt, so the model's chat template adds
+its generation prompt, e.g. `<think>\\n` for R1 templates) -> grade and append each record -> score
+everything -> write summary.json, report.md and the length plot.
+
+An r1kit model generates on one continuous engine: every pending sample is submitted at once, `batch_size`
+run at a time, and each record is graded and written as soon as its request finishes (a long sample never
+holds a batch back; a problem's k samples share one prefill of its prompt). A custom `generate_fn` or a
+vLLM engine is called once per batch of `batch_size` prompts instead.
 
 Determinism: sample j of problem p is drawn with seed hash(seed, p.id, j), so a sample's randomness does
 not depend on the batch size, on --limit, on k (raising k reuses the samples already drawn) or on
 whether the run was interrupted. A cached record counts when its (model, benchmark, problem id, sample
-index, settings hash) match and its prompt is the one the current template renders.
+index, settings hash, weights fingerprint) match and its prompt is the one the current template renders;
+the fingerprint (`model_fingerprint`) changes when the weights do, so a model retrained into the same
+directory never reuses the old model's samples.
 
-Leaves out: multi-process data parallel generation (one engine call per batch; the engine batches
-inside) and regrading cached samples after a grader change (delete samples.jsonl to regrade).
+Leaves out: multi-process data parallel generation and regrading cached samples after a grader change (delete samples.jsonl to regrade).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +57,7 @@ class EvalConfig:
     top_p: float = 0.95
     top_k: int = 0
     seed: int = 0
-    batch_size: int = 16  # prompts per generate() call
+    batch_size: int = 16  # concurrent samples in the engine (per generate() call with a custom generate_fn)
     level: int = 2  # synthetic task difficulty
     data: str | None = None  # data file or hf:id; None: $R1KIT_DATA/<benchmark>/<file>
     chat: bool | None = (
@@ -99,6 +106,64 @@ def _load_cache(path: Path, key: dict, prompts: dict[str, str]) -> dict[tuple[st
     return cached
 
 
+def model_fingerprint(model: Any) -> str | None:
+    """A hash of the model's weights, or None for an object without parameters (a vLLM engine, a test fake).
+
+    Every tensor of the state dict contributes its name, shape, dtype and three float64 statistics (sum, sum of
+    squares, a position-weighted sum), computed on its device in chunks: one pass over the weights and one host
+    transfer, fast enough for a model of any size. Training changes these statistics; equal weights give equal
+    fingerprints on any device."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return None
+    names, stats = [], []
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            flat = t.detach().reshape(-1)
+            acc = torch.zeros(3, dtype=torch.float64, device=flat.device)
+            for start in range(0, flat.numel(), 1 << 22):
+                c = flat[start:start + (1 << 22)].double()
+                w = (torch.arange(start, start + c.numel(), device=c.device) % 251 + 1).double()
+                acc += torch.stack([c.sum(), (c * c).sum(), (c * w).sum()])
+            names.append(f"{name}:{tuple(t.shape)}:{t.dtype}")
+            stats.append(acc)
+    values = torch.stack(stats).tolist() if stats else []
+    return hashlib.sha256(json.dumps([names, values]).encode()).hexdigest()[:16]
+
+
+def _messages(problem: Problem, chat: bool) -> list[dict] | str:
+    return [{"role": "user", "content": problem.prompt}] if chat else problem.prompt
+
+
+def _record(pair: tuple[Problem, int], seed: int, completion: Any, extracted: Any, correct: bool,
+            key: dict) -> dict:
+    p, j = pair
+    c = completion
+    return {
+        **key,
+        "problem_id": p.id,
+        "sample": j,
+        "seed": seed,
+        "prompt": p.prompt,
+        "reasoning": c.reasoning,
+        "answer": c.answer,
+        "extracted": extracted,
+        "gold": p.gold,
+        "correct": bool(correct),
+        "tokens": len(c.token_ids),
+        "finish_reason": c.finish_reason,
+    }
+
+
+def _grade(pairs: Sequence[tuple[Problem, int]], seeds: Sequence[int], completions: Sequence[Any],
+           grader: Grader, key: dict) -> list[dict]:
+    problems = [p for p, _ in pairs]
+    extracted = [grader.extract(c, p) for c, p in zip(completions, problems, strict=True)]
+    correct = grader.check(extracted, problems)
+    return [_record(*args, key) for args in zip(pairs, seeds, completions, extracted, correct, strict=True)]
+
+
 def _run_batch(
     batch: Sequence[tuple[Problem, int]],
     *,
@@ -111,7 +176,7 @@ def _run_batch(
     key: dict,
 ) -> list[dict]:
     """Generate and grade one batch of (problem, sample index) pairs; one record per pair."""
-    prompts = [[{"role": "user", "content": p.prompt}] if chat else p.prompt for p, _ in batch]
+    prompts = [_messages(p, chat) for p, _ in batch]
     seeds = [sample_seed(config.seed, p.id, j) for p, j in batch]
     completions = generate_fn(
         model,
@@ -125,26 +190,39 @@ def _run_batch(
     )
     if len(completions) != len(batch):
         raise R1kitError(f"generate returned {len(completions)} completions for {len(batch)} prompts")
-    problems = [p for p, _ in batch]
-    extracted = [grader.extract(c, p) for c, p in zip(completions, problems, strict=True)]
-    correct = grader.check(extracted, problems)
-    return [
-        {
-            **key,
-            "problem_id": p.id,
-            "sample": j,
-            "seed": s,
-            "prompt": p.prompt,
-            "reasoning": c.reasoning,
-            "answer": c.answer,
-            "extracted": x,
-            "gold": p.gold,
-            "correct": bool(ok),
-            "tokens": len(c.token_ids),
-            "finish_reason": c.finish_reason,
-        }
-        for (p, j), s, c, x, ok in zip(batch, seeds, completions, extracted, correct, strict=True)
-    ]
+    return _grade(batch, seeds, completions, grader, key)
+
+
+def _run_continuous(
+    pending: Sequence[tuple[Problem, int]],
+    *,
+    model: Any,
+    tokenizer: Any,
+    grader: Grader,
+    config: EvalConfig,
+    chat: bool,
+    key: dict,
+    matmul_dtype: Any = None,
+) -> Iterator[dict]:
+    """Generate every pending pair on one engine (`batch_size` rows); yield each graded record as it finishes."""
+    from r1kit.generation import Engine, SamplingParams
+
+    engine = Engine(model, tokenizer, max_batch_size=max(1, min(config.batch_size, len(pending))),
+                    matmul_dtype=matmul_dtype)
+    encoded = {p.id: engine.encode(_messages(p, chat))[0] for p, _ in pending}
+    need = max(len(ids) for ids in encoded.values()) + config.max_new_tokens + 1
+    engine.max_seq_len = min(engine.max_seq_len, -(-need // 128) * 128)  # as `generate` sizes its cache
+    pairs = {}
+    for p, j in pending:
+        seed = sample_seed(config.seed, p.id, j)
+        params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                top_p=config.top_p, top_k=config.top_k, seed=seed)
+        pairs[engine.add_request(encoded[p.id], params).id] = ((p, j), seed)
+    while engine.has_work():
+        for req in engine.step():
+            if req.done:
+                pair, seed = pairs.pop(req.id)
+                yield from _grade([pair], [seed], [req.completion()], grader, key)
 
 
 def _settings(config: EvalConfig, chat: bool) -> dict:
@@ -183,6 +261,7 @@ def evaluate(
     out_dir: str | Path | None = None,
     model_id: str | None = None,
     generate_fn: Callable | None = None,
+    matmul_dtype: Any = None,
     progress: bool = False,
     **overrides: Any,
 ) -> dict:
@@ -195,7 +274,9 @@ def evaluate(
         out_dir: where samples.jsonl (the cache), summary.json, report.md and the plot go; None keeps
             everything in memory (no resume).
         model_id: names the model in the cache key and report; default: the model's name_or_path or class.
-        generate_fn: `r1kit.generate`-compatible function (tests pass a fake); default `r1kit.generate`.
+        generate_fn: `r1kit.generate`-compatible function called per batch (tests pass a fake); default: one
+            continuous engine for an r1kit model, `r1kit.generate` for a vLLM engine.
+        matmul_dtype: the engine's matmul_dtype (torch.bfloat16: bf16 matmuls on packed weights).
     Returns:
         {"benchmark", "model", "problems", "samples", "settings", "pass@1", "pass@1_stderr", "pass@k",
         ..., "cons@k" (answer benchmarks), "mean_tokens", "truncation_rate", "accuracy_by_length",
@@ -217,37 +298,37 @@ def evaluate(
     chat = config.chat if config.chat is not None else bool(getattr(tokenizer, "chat_template", None))
     settings = _settings(config, chat)
     settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    key = {"model": model_id or _model_id(model), "benchmark": bench.name, "settings": settings_hash}
+    key = {"model": model_id or _model_id(model), "benchmark": bench.name, "settings": settings_hash,
+           "weights": model_fingerprint(model)}
 
     path = Path(out_dir) / SAMPLES_FILE if out_dir is not None else None
     results = _load_cache(path, key, {p.id: p.prompt for p in problems}) if path else {}
     n_cached = sum((p.id, j) in results for p in problems for j in range(k))
     pending = [(p, j) for p in problems for j in range(k) if (p.id, j) not in results]
-    if generate_fn is None:
-        from r1kit import generate as generate_fn
-
     from tqdm.auto import tqdm
+
+    if generate_fn is None and hasattr(model, "forward_cached") and pending:  # an r1kit model
+        records = _run_continuous(pending, model=model, tokenizer=tokenizer, grader=grader, config=config,
+                                  chat=chat, key=key, matmul_dtype=matmul_dtype)
+    else:
+        if generate_fn is None:
+            from r1kit import generate as generate_fn
+        if matmul_dtype is not None:
+            generate_fn = functools.partial(generate_fn, matmul_dtype=matmul_dtype)
+        batches = (pending[i : i + config.batch_size] for i in range(0, len(pending), config.batch_size))
+        records = (r for batch in batches for r in _run_batch(
+            batch, model=model, tokenizer=tokenizer, generate_fn=generate_fn, grader=grader, config=config,
+            chat=chat, key=key))
 
     start = time.perf_counter()
     with tqdm(
         total=len(problems) * k, initial=n_cached, unit="sample", desc=bench.name, disable=not progress
     ) as bar:
-        for i in range(0, len(pending), config.batch_size):
-            batch = pending[i : i + config.batch_size]
-            for r in _run_batch(
-                batch,
-                model=model,
-                tokenizer=tokenizer,
-                generate_fn=generate_fn,
-                grader=grader,
-                config=config,
-                chat=chat,
-                key=key,
-            ):
-                results[(r["problem_id"], r["sample"])] = r
-                if path:
-                    append_jsonl(path, r)
-            bar.update(len(batch))
+        for r in records:
+            results[(r["problem_id"], r["sample"])] = r
+            if path:
+                append_jsonl(path, r)
+            bar.update(1)
 
     summary = {
         "benchmark": bench.name,
