@@ -159,3 +159,18 @@ def test_grpo_two_processes_match_one(two, tmp_path, monkeypatch):
         # generate on an unsharded copy)
         for k in ("policy_loss", "kl", "grad_norm", "entropy", "adv_std", "lr"):
             assert ra[k] == pytest.approx(rb[k], rel=2e-4, abs=1e-6), (ra["step"], k, ra[k], rb[k])
+
+
+def test_report_to_trackers_forward_scalars_or_skip(tmp_path, monkeypatch, caplog):
+    import types
+
+    from r1kit.training.loop import open_trackers
+
+    logged = []
+    fake = types.SimpleNamespace(init=lambda **kw: None, log=lambda s, step: logged.append((step, s)))
+    monkeypatch.setitem(sys.modules, "trackio", fake)
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: skipped with a message
+    trackers = open_trackers(["trackio", "wandb"], tmp_path)
+    assert len(trackers) == 1 and "wandb is not installed" in caplog.text
+    trackers[0](3, {"loss": 1.5})
+    assert logged == [(3, {"loss": 1.5})]

@@ -396,7 +396,7 @@ def load_sharded_checkpoint(
     optimizer; every rank calls it. Returns the step and data-order state."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
 
     from r1kit.training.distributed import Topology
 
@@ -406,6 +406,11 @@ def load_sharded_checkpoint(
         raise CheckpointError(f"{path}: not a sharded (format 2) checkpoint")
     state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     target = _model_optimizer_state(model, optimizer)
+    if optimizer is not None:  # parameters that never had a gradient (e.g. MTP under GRPO) have no saved state
+        saved = dcp.FileSystemReader(path / DCP_DIR).read_metadata().state_dict_metadata
+        states = target["optimizer"]["state"]
+        for name in [n for n in states if not any(f"optimizer.state.{n}.{k}" in saved for k in states[n])]:
+            del states[name]
     try:
         with _single_process_quiet(topo):
             dcp.load(target, checkpoint_id=path / DCP_DIR, process_group=topo.group)
@@ -414,7 +419,9 @@ def load_sharded_checkpoint(
     if optimizer is None:
         set_model_state_dict(model, target["model"])
     else:
-        set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
+        # strict=False: only for the optimizer states dropped above (dcp.load was strict about every tensor)
+        set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"],
+                       options=StateDictOptions(strict=False))
     if scheduler is not None:
         scheduler.load_state_dict(_load_tensors(path / SCHEDULER_FILE))
     if restore_rng:

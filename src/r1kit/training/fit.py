@@ -85,7 +85,8 @@ def fit(run, samples: list[Sample], batch_cfg: BatchConfig, run_cfg: RunConfig, 
     if teacher is not None:
         teacher.to(run.device)
     last: dict = {}
-    with metrics_logger(run, run_cfg.steps, ("loss", "eval_accuracy"), run_cfg.progress, desc) as log:
+    with metrics_logger(run, run_cfg.steps, ("loss", "eval_accuracy"), run_cfg.progress, desc,
+                        run_cfg.report_to) as log:
         if evaluate is not None and run.start_step == 0:
             log.log(0, {"eval_accuracy": evaluate_on_rank0(evaluate, model, topo)})
         for step in range(run.start_step + 1, run_cfg.steps + 1):

@@ -230,13 +230,26 @@ def _slices(n: int, size: int) -> list[slice]:
 
 
 def policy_update(run, cfg: GRPOConfig, r: Rollout, ref_model, loss_cfg) -> dict:
-    """num_iterations optimizer steps on one rollout; returns averaged metrics."""
+    """num_iterations optimizer steps on one rollout (this rank's share of the step's groups); returns metrics
+    averaged over the whole step, the same on every rank.
+
+    Under torchrun the normalizers are the whole step's (sequences and completion tokens of all ranks) and the
+    advantages are computed from every rank's rewards, so each rank's loss is its share of the global objective
+    and the gradients FSDP sums over ranks are one process's gradients of the whole step."""
     from r1kit.training.advantages import group_advantages
+    from r1kit.training.distributed import (
+        Topology,
+        all_gather_objects,
+        all_reduce,
+        gradient_sync,
+        sync_expert_load,
+    )
     from r1kit.training.loop import autocast
     from r1kit.training.losses import grpo_loss
     from r1kit.training.optim import clip_grad_norm
 
-    model = run.model
+    model, topo = run.model, getattr(run, "topo", None) or Topology()  # (one process when `run` carries none)
+    dev = next(model.parameters()).device
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     ids, attn, cmask, P = pack(r.prompt_ids, [c.token_ids for c in r.completions], pad)
     if cfg.mask_truncated:
@@ -244,29 +257,34 @@ def policy_update(run, cfg: GRPOConfig, r: Rollout, ref_model, loss_cfg) -> dict
     rollout_logps = torch.zeros_like(cmask)
     for i, c in enumerate(r.completions):
         rollout_logps[i, : len(c.logprobs)] = torch.tensor(c.logprobs)
-    adv = group_advantages(r.rewards, cfg.num_generations, cfg.scale_rewards)
+    all_rewards = torch.cat(all_gather_objects(r.rewards, topo))  # every rank's groups, in rank order
+    all_adv = group_advantages(all_rewards, cfg.num_generations, cfg.scale_rewards)
+    adv = all_adv[topo.rank * len(ids):(topo.rank + 1) * len(ids)]  # this rank's rows (equal shares)
+    ids, attn, cmask, rollout_logps, adv = (t.to(dev) for t in (ids, attn, cmask, rollout_logps, adv))
+    n = len(all_rewards)  # sequences of the whole step
     slices = _slices(len(ids), cfg.micro_batch_size)
-    with autocast(cfg.run):
+    with autocast(cfg.run, dev):
         ref = frozen_logps(ref_model, ids, attn, P, cfg.temperature, cfg.micro_batch_size) if ref_model else None
         old = (frozen_logps(model, ids, attn, P, cfg.temperature, cfg.micro_batch_size)
                if cfg.num_iterations > 1 else None)
-    tokens = cmask.sum()  # the step's normalizers: the objective does not depend on how the step is sliced
-    sums: dict[str, float] = {"adv_std": adv.std().item() if len(adv) > 1 else 0.0,
-                              "adv_abs_mean": adv.abs().mean().item()}
+    # the step's normalizers: the objective depends neither on how the step is sliced nor on the process count
+    tokens = torch.tensor(all_reduce([cmask.sum().item()], topo)[0], device=dev)
+    sums: dict[str, float] = {"adv_std": all_adv.std().item() if n > 1 else 0.0,
+                              "adv_abs_mean": all_adv.abs().mean().item()}
     diff_max, entropy_sum = 0.0, 0.0
     for it in range(cfg.num_iterations):
-        for s in slices:
-            with autocast(cfg.run):
+        for j, s in enumerate(slices):
+            with gradient_sync(model, j == len(slices) - 1), autocast(cfg.run, dev):
                 logps, entropy = completion_logps(model, ids[s], attn[s], P, cfg.temperature, with_entropy=it == 0)
                 loss, m = grpo_loss(logps, adv[s], cmask[s], loss_cfg, old_logps=None if old is None else old[s],
                                     ref_logps=None if ref is None else ref[s], rollout_logps=rollout_logps[s],
-                                    step_sequences=len(ids), step_tokens=tokens)
+                                    step_sequences=n, step_tokens=tokens)
                 aux = model.aux_loss()
                 if aux is not None:  # the balance loss of this slice, weighted by its share of the step
-                    loss = loss + aux * (s.stop - s.start) / len(ids)
-            loss.backward()
+                    loss = loss + aux * (s.stop - s.start) / n
+                loss.backward()
             for k, v in m.items():  # micro-batch metrics, weighted by the slice's share of the step
-                sums[k] = sums.get(k, 0.0) + v * (s.stop - s.start) / (len(ids) * cfg.num_iterations)
+                sums[k] = sums.get(k, 0.0) + v * (s.stop - s.start) / (n * cfg.num_iterations)
             if it == 0:
                 valid = cmask[s].bool()
                 if valid.any():
@@ -276,64 +294,95 @@ def policy_update(run, cfg: GRPOConfig, r: Rollout, ref_model, loss_cfg) -> dict
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
+        sync_expert_load(model, topo)
         load = model.update_router_biases(apply=bool(cfg.run.router_bias_update))
         if load is not None:
             sums["expert_load_max"] = (load.max(dim=1).values * load.shape[1]).mean().item()  # 1.0 = balanced
-    sums["logprob_diff_max"] = diff_max
-    sums["entropy"] = entropy_sum / max(tokens.item(), 1)
+    shared = [k for k in sorted(sums) if k not in ("adv_std", "adv_abs_mean", "grad_norm", "expert_load_max")]
+    sums.update(zip(shared, all_reduce([sums[k] for k in shared], topo)))  # the ranks' shares of the step
+    sums["logprob_diff_max"] = all_reduce([diff_max], topo, "max")[0]
+    sums["entropy"] = all_reduce([entropy_sum], topo)[0] / max(tokens.item(), 1)
     return sums
 
 
 # ---- the recipe ----------------------------------------------------------------------------------------------
 
 def train(cfg: GRPOConfig) -> dict:
+    """The GRPO recipe. Under torchrun each rank samples its equal share of the step's questions (whole groups)
+    on the gathered weights of the sharded policy, with the seeds one process would use; rewards and metrics
+    are reduced over ranks and rank 0 writes them. The reference model is sharded like the policy."""
     from r1kit.generation import Engine
     from r1kit.models.checkpoint import load_model
+    from r1kit.training.advantages import keep_informative_groups
+    from r1kit.training.distributed import RankEngine, all_gather_objects, rank_share, shard_model
     from r1kit.training.evaluator import greedy_accuracy
-    from r1kit.training.loop import finish_run, save_step, start_run
-    from r1kit.training.metrics import MetricsLogger
+    from r1kit.training.loop import finish_run, metrics_logger, save_step, start_run
     from r1kit.training.tasks import load_examples
 
     train_set = load_examples(cfg.data, "train", cfg.run.seed)
     eval_set = load_examples(cfg.data, "test", cfg.run.seed)[: cfg.eval_size] if cfg.eval_every else []
     run = start_run(cfg, cfg.run, cfg.optim, cfg.model, cfg.tokenizer)
+    topo = run.topo
+    if topo.distributed and (cfg.dynamic_sampling or cfg.rollout_backend == "vllm"):
+        raise ConfigError("under torchrun, dynamic_sampling and rollout_backend: vllm are not supported yet")
+    share = len(rank_share(range(cfg.questions_per_step), topo, "questions_per_step"))  # questions per rank
     ref_model = None
     if cfg.loss.beta > 0:  # frozen reference, only when the KL term is on
         ref_model = load_model(cfg.ref_model, seed=cfg.run.seed) if cfg.ref_model else \
             load_model(cfg.model, seed=cfg.run.seed)
-        ref_model.eval().requires_grad_(False)
-    batch = cfg.questions_per_step * cfg.num_generations
+        ref_model.eval().requires_grad_(False).to(run.device)
+        if topo.distributed:
+            shard_model(ref_model, topo, param_dtype=run.amp_dtype if run.device.type == "cuda" else None)
+    batch = share * cfg.num_generations
     prompt_room = max(len(run.tokenizer(ex["question"]).input_ids) for ex in train_set[:200]) + 96
     max_seq_len = min(run.model.config.max_seq_len, prompt_room + cfg.max_new_tokens + 1)
     if cfg.rollout_backend == "vllm":
         engine = vllm_rollout_engine(run, cfg, max_seq_len)
     else:
-        engine = Engine(run.model, run.tokenizer, max_batch_size=batch, max_seq_len=max_seq_len,
-                        matmul_dtype=torch.bfloat16 if cfg.rollout_dtype == "bfloat16" else None)
+        def make_engine(model):
+            return Engine(model, run.tokenizer, max_batch_size=batch, max_seq_len=max_seq_len,
+                          matmul_dtype=torch.bfloat16 if cfg.rollout_dtype == "bfloat16" else None)
+
+        # under torchrun: an unsharded copy refreshed after every step, seeded as in one process
+        engine = RankEngine(make_engine, run.model, topo, topo.rank * batch) if topo.distributed else \
+            make_engine(run.model)
     loss_cfg = cfg.loss
     last: dict = {}
-    with MetricsLogger(run.dir, total_steps=cfg.run.steps, start_step=run.start_step,
-                       show=("reward", "accuracy", "completion_len"), progress=cfg.run.progress,
-                       desc="grpo") as log:
+    with metrics_logger(run, cfg.run.steps, ("reward", "accuracy", "completion_len"), cfg.run.progress,
+                        "grpo", cfg.run.report_to) as log:
         if cfg.eval_every and run.start_step == 0:
             log.log(0, {"eval_accuracy": greedy_accuracy(engine, eval_set, cfg.data, cfg.max_new_tokens)})
         for step in range(run.start_step + 1, cfg.run.steps + 1):
             t0 = time.perf_counter()
-            r, frac_zero_std = collect(engine, train_set, cfg, step)
+            if topo.distributed:  # this rank's share of the step's questions (whole groups)
+                r, frac_zero_std = rollout(engine, rank_share(draw_questions(train_set, step, cfg.run.seed,
+                                                                             cfg.questions_per_step), topo),
+                                           cfg, step), None
+            else:
+                r, frac_zero_std = collect(engine, train_set, cfg, step)
             metrics = policy_update(run, cfg, r, ref_model, loss_cfg)
             if cfg.rollout_backend == "vllm":
                 engine.update_weights(run.model)
-            lengths = torch.tensor([len(c.token_ids) for c in r.completions], dtype=torch.float)
+            elif topo.distributed:
+                engine.refresh()
+            ranks = all_gather_objects((r.rewards, r.correct, r.per_reward, r.seconds,
+                                        [(len(c.token_ids), c.finish_reason) for c in r.completions]), topo)
+            rewards, correct = torch.cat([x[0] for x in ranks]), torch.cat([x[1] for x in ranks])
+            per_reward = {k: [v for x in ranks for v in x[2][k]] for k in r.per_reward}
+            done = [c for x in ranks for c in x[4]]
+            lengths = torch.tensor([n for n, _ in done], dtype=torch.float)
+            if frac_zero_std is None:
+                frac_zero_std = 1.0 - keep_informative_groups(rewards, cfg.num_generations).float().mean().item()
             record = {
-                "reward": r.rewards.mean().item(), "reward_std": r.rewards.std().item(),
-                **{f"reward/{k}": _mean(v) for k, v in r.per_reward.items()},
-                "accuracy": r.correct.mean().item(),
+                "reward": rewards.mean().item(), "reward_std": rewards.std().item(),
+                **{f"reward/{k}": _mean(v) for k, v in per_reward.items()},
+                "accuracy": correct.mean().item(),
                 "frac_zero_std": frac_zero_std,
                 "completion_len": lengths.mean().item(), "completion_len_max": lengths.max().item(),
-                "truncated": sum(c.finish_reason == "length" for c in r.completions) / len(r.completions),
+                "truncated": sum(reason == "length" for _, reason in done) / len(done),
                 **metrics,
                 "lr": run.scheduler.get_last_lr()[0],
-                "rollout_tok_s": lengths.sum().item() / max(r.seconds, 1e-9),
+                "rollout_tok_s": lengths.sum().item() / max(max(x[3] for x in ranks), 1e-9),
                 "step_s": time.perf_counter() - t0,
             }
             if cfg.eval_every and step % cfg.eval_every == 0:

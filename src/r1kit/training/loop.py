@@ -58,6 +58,8 @@ class RunConfig:
     # on for pretraining, off (load only logged) for SFT and GRPO, as DeepSeek-V3 freezes the bias (gamma = 0)
     # at the end of pretraining.
     router_bias_update: bool | None = None
+    # also send the metrics (rank 0) to these trackers when installed; offline unless their env says otherwise
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -223,14 +225,70 @@ class _RankLogger:
         pass
 
 
-def metrics_logger(run, total_steps: int, show: tuple[str, ...], progress: bool, desc: str):
-    """Rank 0's MetricsLogger (metrics.jsonl, samples.jsonl, progress bar); a silent one on other ranks."""
+def metrics_logger(run, total_steps: int, show: tuple[str, ...], progress: bool, desc: str,
+                   report_to: list[str] | None = None):
+    """Rank 0's MetricsLogger (metrics.jsonl, samples.jsonl, progress bar), also feeding the `report_to`
+    trackers; a silent one on other ranks."""
     from r1kit.training.metrics import MetricsLogger
 
     if not run.topo.is_main:
         return _RankLogger()
-    return MetricsLogger(run.dir, total_steps=total_steps, start_step=run.start_step, show=show, progress=progress,
-                         desc=desc)
+    logger = MetricsLogger(run.dir, total_steps=total_steps, start_step=run.start_step, show=show,
+                           progress=progress, desc=desc)
+    return _Tracked(logger, open_trackers(report_to or [], run.dir)) if report_to else logger
+
+
+class _Tracked:
+    """A MetricsLogger whose numeric records also go to experiment trackers."""
+
+    def __init__(self, logger, trackers: list):
+        self.logger, self.trackers = logger, trackers
+
+    def log(self, step, record):
+        out = self.logger.log(step, record)
+        scalars = {k: v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for t in self.trackers:
+            t(step, scalars)
+        return out
+
+    def log_samples(self, step, samples):
+        self.logger.log_samples(step, samples)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.close()
+
+
+def open_trackers(names: list[str], run_dir: Path) -> list:
+    """One `f(step, scalars)` per installed tracker; a missing package is skipped with one log line.
+    wandb and trackio run offline/locally unless WANDB_MODE (or trackio's own settings) say otherwise."""
+    import importlib
+    import logging
+    import os
+
+    log = logging.getLogger(__name__)
+    out = []
+    for name in names:
+        module = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "trackio": "trackio"}[name]
+        try:
+            lib = importlib.import_module(module)
+        except ImportError:
+            log.warning("run.report_to: %s is not installed (pip install %s); metrics go to metrics.jsonl only",
+                        name, name)
+            continue
+        if name == "tensorboard":
+            writer = lib.SummaryWriter(str(run_dir / "tensorboard"))
+            out.append(lambda step, s, w=writer: ([w.add_scalar(k, v, step) for k, v in s.items()], w.flush()))
+        elif name == "wandb":
+            os.environ.setdefault("WANDB_MODE", "offline")
+            wb = lib.init(project="r1kit", name=run_dir.name, dir=str(run_dir))
+            out.append(lambda step, s, r=wb: r.log(s, step=step))
+        else:
+            lib.init(project="r1kit", name=run_dir.name)
+            out.append(lambda step, s, t=lib: t.log(s, step=step))
+    return out
 
 
 def enable_activation_checkpointing(model: torch.nn.Module) -> None:
