@@ -7,8 +7,10 @@ released DeepSeek checkpoints; the fused one is written. MTP depths live at `mod
 the DeepSeek-V3 release (their embedding/head copies are written on save and skipped on load: r1kit shares them).
 
 Loading is all-or-nothing: a missing, unexpected or misshapen tensor raises CheckpointError naming it.
-Pickle checkpoints (.bin/.pt) are refused. Left out: FP8 (`weight_scale_inv`) dequantization of the original
-DeepSeek release; GGUF architectures other than llama and qwen2.
+Pickle checkpoints (.bin/.pt) are refused. Quantized checkpoints: the FP8 block-scaled DeepSeek release
+(`weight_scale_inv`) is dequantized to bf16 on load; r1kit's own weight-only int8/int4 directories
+(`quantization_config.quant_method == "r1kit"`, see models/quantize.py) load quantized. Left out: GGUF
+architectures other than llama and qwen2; other quantization methods (GPTQ, AWQ, bitsandbytes).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from safetensors.torch import save_file
 
 from r1kit.errors import CheckpointError, ConfigError
 from r1kit.models.config import PRESETS, ModelConfig, get_preset, load_hf_config, to_hf_config
+from r1kit.models.linear import Linear
 from r1kit.models.rope import rope_tables
 from r1kit.models.transformer import Transformer
 
@@ -134,12 +137,23 @@ def _fuse_experts(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
     return out
 
 
-def build_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], dtype=None, device=None) -> Transformer:
-    """Create a Transformer whose weights are exactly `tensors` (r1kit names), or raise naming what does not fit."""
+def build_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], dtype=None, device=None,
+                quantization: dict | None = None) -> Transformer:
+    """Create a Transformer whose weights are exactly `tensors` (r1kit names), or raise naming what does not fit.
+
+    quantization: a `quantization_config` of r1kit's weight-only format (module names already r1kit's): those
+    modules are built quantized and their int codes and scales keep their stored dtypes."""
     with torch.device("meta"):
         model = Transformer(cfg)
+        fixed = {}
+        if quantization is not None:
+            from r1kit.models.quantize import apply_quantization_config, fixed_dtypes
+
+            apply_quantization_config(model, quantization)
+            fixed = fixed_dtypes(model)
     expected = {n: p for n, p in model.state_dict(keep_vars=True).items()}
-    if cfg.tie_embeddings:
+    tied = cfg.tie_embeddings and isinstance(model.lm_head, Linear)  # a quantized head is the head's own copy
+    if tied:
         expected.pop("lm_head.weight", None)
         tensors.pop("lm_head.weight", None)
     missing = sorted(set(expected) - set(tensors))
@@ -154,10 +168,14 @@ def build_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], dtype=None, 
         if tuple(t.shape) != tuple(expected[name].shape):
             raise CheckpointError(f"checkpoint tensor {name!r} has shape {tuple(t.shape)}, "
                                   f"the config needs {tuple(expected[name].shape)}")
+        if name in fixed and not fixed[name].is_floating_point and t.dtype != fixed[name]:
+            raise CheckpointError(f"checkpoint tensor {name!r} has dtype {t.dtype}, the quantization needs {fixed[name]}")
     dtype = dtype or torch.float32
-    state = {n: (t.float() if n.endswith("e_score_correction_bias") else t.to(dtype)) for n, t in tensors.items()}
+    # quantized codes and scales keep their dtype, copied into fresh (aligned) memory for the int kernels
+    state = {n: (t.clone() if n in fixed else t.float() if n.endswith("e_score_correction_bias") else t.to(dtype))
+             for n, t in tensors.items()}
     model.load_state_dict(state, strict=False, assign=True)
-    if cfg.tie_embeddings:
+    if tied:
         model.lm_head.weight = model.embed_tokens.weight
     cos, sin = rope_tables(cfg)
     model.rope_cos, model.rope_sin = cos, sin
@@ -170,6 +188,15 @@ def build_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], dtype=None, 
 def load_hf_checkpoint(directory: Path, dtype=None, device=None) -> Transformer:
     cfg = load_hf_config(directory)
     raw = _read_safetensors(directory)
+    quantization = json.loads((directory / "config.json").read_text()).get("quantization_config")
+    method = (quantization or {}).get("quant_method")
+    if method == "fp8" or any(n.endswith(".weight_scale_inv") for n in raw):  # the DeepSeek-V3/R1 release
+        from r1kit.models.quantize import dequantize_fp8_checkpoint
+
+        block = tuple((quantization or {}).get("weight_block_size", (128, 128)))
+        raw, quantization = dequantize_fp8_checkpoint(raw, block), None
+    elif quantization is not None and method != "r1kit":
+        raise CheckpointError(f"{directory}: quantization method {method!r} is not supported (fp8 block-scaled, r1kit)")
     # transformers drops the MTP depths when it saves a DeepSeek-V3 model: load the main model alone then.
     present = sum(any(n.startswith(f"model.layers.{cfg.n_layers + k}.") for n in raw) for k in range(cfg.n_mtp_layers))
     if present < cfg.n_mtp_layers:
@@ -180,13 +207,20 @@ def load_hf_checkpoint(directory: Path, dtype=None, device=None) -> Transformer:
         ours = from_hf_name(name, cfg)
         if ours is not None:
             tensors[ours] = t
-    return build_model(cfg, tensors, dtype=dtype, device=device)
+    if quantization is not None:
+        modules = {from_hf_name(f"{n}.weight", cfg).removesuffix(".weight"): spec
+                   for n, spec in quantization.get("modules", {}).items()}
+        quantization = {**quantization, "modules": modules}
+    return build_model(cfg, tensors, dtype=dtype, device=device, quantization=quantization)
 
 
-def load_model(src, dtype: torch.dtype | None = None, device=None, seed: int = 0) -> Transformer:
+def load_model(src, dtype: torch.dtype | None = None, device=None, seed: int = 0,
+               quantize: str | None = None) -> Transformer:
     """Load a model from a preset name, an HF checkpoint directory or a .gguf file (see design.md §3).
 
     A preset other than 'smollm2-135m' builds a freshly initialised model (seeded) with that config.
+    quantize: "int8" | "int4" | "int4-g64" | ... (models/quantize.py `SCHEMES`): weight-only quantize the linear
+    layers after loading (for inference). A GGUF's Q4_0/Q4_1 weights keep their 4-bit codes under "int4".
     device: None (the CPU), a torch.device, or a setting "auto" | "cpu" | "cuda" | "cuda:N" (auto = CUDA when
     present; CUDA on a machine without it is a ConfigError). Fresh presets are initialised on the CPU and moved,
     so a seed gives the same weights on every device."""
@@ -194,18 +228,35 @@ def load_model(src, dtype: torch.dtype | None = None, device=None, seed: int = 0
         from r1kit.device import resolve_device
 
         device = resolve_device(device)
+    if quantize is not None:
+        from r1kit.models.quantize import parse_scheme, quantize_loaded
+
+        bits, group_size = parse_scheme(quantize)
     source = resolve_source(src)
     if isinstance(source, str):
         torch.manual_seed(seed)
-        model = Transformer(get_preset(source))
-        return model.to(dtype=dtype or torch.float32, device=device)
-    if source.is_dir():
-        return load_hf_checkpoint(source, dtype=dtype, device=device)
-    if source.suffix == ".gguf":
+        model = Transformer(get_preset(source)).to(dtype=dtype or torch.float32, device=device)
+    elif source.is_dir():
+        model = load_hf_checkpoint(source, dtype=dtype, device=device)
+        if quantize is not None and _quantized(model):
+            raise CheckpointError(f"{source}: already quantized; load it without quantize=")
+    elif source.suffix == ".gguf":
         from r1kit.models.gguf import read_gguf
 
         cfg, tensors = read_gguf(source)
-        return build_model(cfg, tensors, dtype=dtype, device=device)
+        model = build_model(cfg, tensors, dtype=dtype, device=device)
+    else:
+        _refuse(source)
+    return model if quantize is None else quantize_loaded(model, source, bits, group_size)
+
+
+def _quantized(model: Transformer) -> bool:
+    from r1kit.models.quantize import is_quantized
+
+    return is_quantized(model)
+
+
+def _refuse(source: Path) -> None:
     if source.suffix in (".bin", ".pt", ".pth", ".ckpt"):
         raise CheckpointError(f"{source}: pickle checkpoints are not loaded (they can run code); use safetensors")
     if source.suffix == ".safetensors":
@@ -218,13 +269,15 @@ def load_model(src, dtype: torch.dtype | None = None, device=None, seed: int = 0
 def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     cfg = model.config
     out = {}
+    tied = cfg.tie_embeddings and isinstance(model.lm_head, Linear)  # a quantized head is saved as its own tensor
     for name, t in model.state_dict().items():
-        if cfg.tie_embeddings and name == "lm_head.weight":
+        if tied and name == "lm_head.weight":
             continue
         out[to_hf_name(name, cfg)] = t.detach().contiguous()
     for k in range(cfg.n_mtp_layers):  # the release stores the shared embedding and head with each MTP depth
         out[f"model.layers.{cfg.n_layers + k}.embed_tokens.weight"] = model.embed_tokens.weight.detach().clone()
-        out[f"model.layers.{cfg.n_layers + k}.shared_head.head.weight"] = model.lm_head.weight.detach().clone()
+        if isinstance(model.lm_head, Linear):  # (a quantized head is not copied: loading skips these copies)
+            out[f"model.layers.{cfg.n_layers + k}.shared_head.head.weight"] = model.lm_head.weight.detach().clone()
     return out
 
 
@@ -258,6 +311,11 @@ def save_model(model: Transformer, directory: str | os.PathLike, tokenizer=None)
             (tmp / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}, indent=2))
         hf = to_hf_config(cfg)
         hf["torch_dtype"] = str(model.embed_tokens.weight.dtype).removeprefix("torch.")
+        if _quantized(model):  # r1kit-only: transformers refuses an unknown quant_method
+            from r1kit.models.quantize import quantization_config
+
+            hf["quantization_config"] = quantization_config(
+                model, lambda n: to_hf_name(f"{n}.weight", cfg).removesuffix(".weight"))
         (tmp / "config.json").write_text(json.dumps(hf, indent=2))
         gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": hf["eos_token_id"], "pad_token_id": cfg.pad_token_id}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))

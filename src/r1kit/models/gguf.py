@@ -1,7 +1,9 @@
 """Read GGUF files (llama.cpp) into r1kit tensors, dequantized to fp32 by the `gguf` package.
 
 llama.cpp stores Llama's q/k projections with rows permuted for its rotary layout; they are permuted back
-(Qwen2 files are stored unpermuted). Left out: other GGUF architectures (deepseek2 included).
+(Qwen2 files are stored unpermuted). `read_gguf_int4_codes` also reads Q4_0/Q4_1 weights as they are stored
+(4-bit codes + a scale per block of 32), so int4 quantization can keep them instead of re-quantizing floats.
+Left out: other GGUF architectures (deepseek2 included); keeping Q8_0 or k-quant blocks as they are.
 """
 
 from __future__ import annotations
@@ -72,14 +74,52 @@ def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     tensors = {}
     for t in reader.tensors:
         w = dequantize(t.data, t.tensor_type).reshape([int(d) for d in reversed(t.shape.tolist())])
-        if t.name in _NAMES:
-            name = _NAMES[t.name]
-        else:
-            parts = t.name.split(".")  # blk.N.kind.weight|bias
-            if parts[0] != "blk" or parts[2] not in _BLOCK:
-                raise CheckpointError(f"{path}: unexpected GGUF tensor {t.name!r}")
-            name = f"layers.{parts[1]}.{_BLOCK[parts[2]]}.{parts[3]}"
-            if arch == "llama" and parts[2] in ("attn_q", "attn_k"):
-                w = _unpermute(w, n_heads if parts[2] == "attn_q" else n_kv)
+        name, heads = _name(path, t.name, arch, n_heads, n_kv)
+        if heads:
+            w = _unpermute(w, heads)
         tensors[name] = torch.from_numpy(np.array(w, dtype=np.float32))
     return cfg, tensors
+
+
+def _name(path: Path, gguf_name: str, arch: str, n_heads: int, n_kv: int) -> tuple[str, int]:
+    """r1kit name of a GGUF tensor, and the head count to un-permute its rows by (0: stored as is)."""
+    if gguf_name in _NAMES:
+        return _NAMES[gguf_name], 0
+    parts = gguf_name.split(".")  # blk.N.kind.weight|bias
+    if parts[0] != "blk" or parts[2] not in _BLOCK:
+        raise CheckpointError(f"{path}: unexpected GGUF tensor {gguf_name!r}")
+    heads = {"attn_q": n_heads, "attn_k": n_kv}.get(parts[2], 0) if arch == "llama" else 0
+    return f"layers.{parts[1]}.{_BLOCK[parts[2]]}.{parts[3]}", heads
+
+
+def read_gguf_int4_codes(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The Q4_0 / Q4_1 weights of a GGUF file as stored: {r1kit module name: (codes uint8 (N, K) in 0..15,
+    scale fp32 (N, K/32), zero fp32 (N, K/32))} with W = (codes - 8) * scale + zero per block of 32 inputs.
+
+    Q4_0 blocks hold an fp16 d: W = (q - 8) d, so scale = d, zero = 0. Q4_1 blocks hold fp16 d and m: W = q d + m,
+    so scale = d, zero = m + 8 d. A block's 16 bytes hold inputs j (low nibble) and j + 16 (high nibble)."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    reader = GGUFReader(str(path))
+    arch = _field(reader, "general.architecture")
+    n_heads = _field(reader, f"{arch}.attention.head_count")
+    n_kv = _field(reader, f"{arch}.attention.head_count_kv", n_heads)
+    header = {GGMLQuantizationType.Q4_0: 2, GGMLQuantizationType.Q4_1: 4}
+    out = {}
+    for t in reader.tensors:
+        if t.tensor_type not in header:
+            continue
+        N, K = (int(d) for d in reversed(t.shape.tolist()))
+        blocks = np.asarray(t.data).reshape(N, K // 32, header[t.tensor_type] + 16)
+        d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)  # (N, K/32)
+        qs = blocks[..., header[t.tensor_type]:]  # (N, K/32, 16)
+        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(N, K)
+        if t.tensor_type == GGMLQuantizationType.Q4_1:
+            zero = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) + 8 * d
+        else:
+            zero = np.zeros_like(d)
+        name, heads = _name(path, t.name, arch, n_heads, n_kv)
+        if heads:
+            codes, d, zero = (_unpermute(a, heads) for a in (codes, d, zero))
+        out[name.removesuffix(".weight")] = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (codes, d, zero))
+    return out

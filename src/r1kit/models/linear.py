@@ -15,9 +15,13 @@ bf16 (inputs cast down, outputs back up) and everything else in fp32. This is th
 systems run (bf16 sampling, fp32 trainer); the log-probs differ from the trainer's by bf16 rounding, which
 truncated importance sampling corrects.
 
+Weight-only int8/int4 layers live in `quantize.py` (`Int8Linear`, `Int4Linear`): `quantize_model` swaps them in
+for `Linear` modules, which `PackedLinears` then no longer sees (their kernels take their own layouts); the
+layers left float (e.g. MLA's kv_b_proj) are still packed.
+
 Left out: packed fp32 matmuls (MKL's packed sgemm, decoding from memory, measured slower than `F.linear` at
-batch 1 and still 2.5x slower than packed bf16 at batch 16), weight-only int8/int4, and fusing the q/k/v or gate/up projections into one matmul (measured 12-17% of
-matmul time on SmolLM2; not worth a second weight layout in the model).
+batch 1 and still 2.5x slower than packed bf16 at batch 16), and fusing the q/k/v or gate/up projections into one
+matmul (measured 12-17% of matmul time on SmolLM2; not worth a second weight layout in the model).
 """
 
 from __future__ import annotations
