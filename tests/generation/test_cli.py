@@ -26,7 +26,8 @@ def test_generate_json_matches_the_python_api(capsys):
         expected.text, expected.finish_reason, len(expected.token_ids))
 
 
-@pytest.mark.parametrize("flags", [["--dtype", "bfloat16"], ["--bf16-matmuls"]])
+@pytest.mark.parametrize("flags", [["--dtype", "bfloat16"], ["--bf16-matmuls"], ["--quantize", "int8"],
+                                   ["--quantize", "int4"]])
 def test_generate_precision_flags(capsys, flags):
     got = run_json(capsys, *flags)
     assert got["finish_reason"] in ("stop", "length") and 1 <= got["tokens"] <= 8

@@ -95,6 +95,7 @@ def _model_id(args: argparse.Namespace) -> str:
     extras = [args.dtype] if args.dtype != "float32" else []
     extras += ["bf16 matmuls"] if args.bf16_matmuls else []
     extras += ["vllm"] if args.backend == "vllm" else []
+    extras += [args.quantize] if args.quantize else []
     return f"{args.model} [{', '.join(extras)}]" if extras else args.model
 
 

@@ -20,13 +20,16 @@ def _sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
 
 
 def add_precision_args(p: argparse.ArgumentParser) -> None:
-    """`--device`, `--dtype` and `--bf16-matmuls` (shared by generate, chat, eval and serve)."""
+    """`--device`, `--dtype`, `--bf16-matmuls` and `--quantize` (shared by generate, chat, eval and serve)."""
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto = CUDA when present)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="model weights; bfloat16 decodes on oneDNN-packed weights on CPU (not bit-exact)")
     p.add_argument("--bf16-matmuls", action="store_true",
                    help="keep the weights in --dtype, run the linear layers in bf16 on packed weights: the "
                         "fastest CPU setting measured (benchmarks/bench_decode.py); not bit-exact")
+    p.add_argument("--quantize", choices=["int8", "int4", "int4-g32", "int4-g64", "int4-g128"], default=None,
+                   help="weight-only quantize the linear layers after loading (a GGUF's Q4 weights keep their "
+                        "codes); quality and speed in docs/quantization.md")
 
 
 def matmul_dtype(args):
@@ -53,12 +56,17 @@ def load_backend(args):
     from r1kit import load_model, load_tokenizer
 
     if getattr(args, "backend", "r1kit") == "vllm":
+        from r1kit.errors import R1kitError
         from r1kit.generation import VLLMEngine
+
+        if getattr(args, "quantize", None):
+            raise R1kitError("--quantize is r1kit's own weight-only quantization; it does not apply to --backend vllm")
 
         engine = VLLMEngine(args.model, dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
                             tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len)
         return engine, engine.tokenizer
-    model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device,
+                       quantize=getattr(args, "quantize", None))
     return model.eval(), load_tokenizer(args.model)
 
 

@@ -54,7 +54,8 @@ def _serve(args) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_queue < 0 or args.request_timeout <= 0:
         raise ConfigError("--max-queue must be >= 0 and --request-timeout > 0")
-    model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device).eval()
+    model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device,
+                       quantize=args.quantize).eval()
     engine = Engine(model, load_tokenizer(args.model), max_batch_size=args.max_concurrency,
                     max_seq_len=args.max_seq_len, matmul_dtype=matmul_dtype(args))
     config = ServerConfig(model_name=args.served_model_name or served_name(args.model), api_key=args.api_key,
