@@ -59,6 +59,11 @@ RECIPES: dict[str, RecipeSpec] = {r.kind: r for r in [
            help="GRPO reinforcement learning with verifiable rewards",
            description=f"Run GRPO from a YAML config. {_RESUMES}",
            example="--set loss.beta=0.04 --set optim.lr=1e-5", tasks_field="data"),
+    RecipeSpec("ppo", "ppo", "r1kit.training.ppo", "PPOConfig", "train",
+           help="PPO with a critic (GAE, value clipping): GRPO's rollouts and rewards, the baseline it replaced",
+           description=f"Run PPO from a YAML config (GRPO's fields plus value_model, value_optim, vf_clip, gamma, "
+                       f"lam, whiten_advantages, kl_coef). {_RESUMES}",
+           example="--set value_optim.lr=1e-5 --set lam=0.95", tasks_field="data"),
     RecipeSpec("rejection", "rejection-sample", "r1kit.training.rejection", "RejectionConfig", "rejection_sample",
            help="sample, verify and filter replies into an SFT dataset",
            description="Sample k replies per task prompt, keep verified ones (R1 filters), write a chat JSONL for "
