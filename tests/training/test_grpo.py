@@ -99,6 +99,20 @@ def test_bf16_rollouts_differ_from_the_trainer_by_rounding_only(tmp_path, sevens
     assert all(0 < d < 0.1 for d in diffs), diffs  # fp32 rollouts agree to ~1e-6 (test above)
 
 
+def test_questions_are_drawn_stratified_by_task_and_reproducibly():
+    from r1kit.training.grpo import draw_questions
+
+    train = [{"task": t, "id": f"{t}{i}"} for t in ("a", "b", "c") for i in range(40)] + \
+        [{"task": "d", "id": "d0"}]
+    for step in range(1, 20):
+        drawn = draw_questions(train, step, seed=0, n=8)
+        counts = {t: sum(ex["task"] == t for ex in drawn) for t in "abc"}
+        assert len(drawn) == 8 and len({ex["id"] for ex in drawn}) == 8
+        assert sorted(counts.values()) in ([2, 2, 3], [2, 3, 3]), counts  # d's one question, its share moved on
+        assert drawn == draw_questions(train, step, seed=0, n=8)
+    assert draw_questions(train, 1, seed=0, n=8) != draw_questions(train, 1, seed=1, n=8)
+
+
 def test_pack_layout():
     ids, attn, cmask, P = pack([[5, 6], [7]], [[1, 2, 3], [4]], pad_id=0)
     assert P == 2

@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field: STAGE.FIELD=VALUE (e.g. r1_zero.loss.beta=0.04) or a top-level field")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    p.add_argument("--device", help="run.device of every training stage: auto | cpu | cuda (default: the recipe's)")
+    p.add_argument("--device", help="the device of every stage and of the evaluation: auto | cpu | cuda | cuda:N "
+                                    "(default: the recipe's)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_cli)
 
@@ -50,8 +51,8 @@ def _cli(args) -> int:
 
         resolve_device(args.device)  # a one-line error now, not at the first training stage
         for stage in recipe.stages:
-            if hasattr(stage.config, "run"):
-                stage.config.run.device = args.device
+            (stage.config.run if hasattr(stage.config, "run") else stage.config).device = args.device
+        recipe.evaluate.device = args.device
     if args.from_stage:
         recipe.stage(args.from_stage)
     out = run_pipeline(recipe, from_stage=args.from_stage, progress=not args.no_progress)

@@ -24,7 +24,7 @@ def evaluate_stages(recipe: Recipe, progress: bool = True) -> dict:
         names = [BASE, *names]  # no pretraining stage: show the starting model first
     results: dict = {}
     for name in names:
-        model = r1kit.load_model(recipe.model_path(name)).eval()
+        model = r1kit.load_model(recipe.model_path(name), device=settings.device).eval()
         tokenizer = r1kit.load_tokenizer(recipe.model_path(name))
         results[name] = {}
         for task in recipe.tasks.tasks:

@@ -14,7 +14,7 @@
     evaluate: {samples: 4, problems: 50, max_new_tokens: 96, temperature: 0.6, top_p: 0.95}
 
 Each stage writes into `output_dir/<stage>`; r1kit fills in what connects the stages (the model to start
-from, the task definition, the output directory, the seed), so a stage's `config` holds only its own
+from, the task definition, the output directory, the seed: the recipe's seed plus the stage's index), so a stage's `config` holds only its own
 settings. Every stage config is built and validated before any stage runs.
 """
 
@@ -29,6 +29,7 @@ from pydantic import Field, NonNegativeFloat, PositiveInt
 
 from r1kit.config import build, configclass, merge, parse_overrides, read_yaml
 from r1kit.errors import ConfigError
+from r1kit.training.loop import DeviceSetting
 from r1kit.training.recipes import RECIPES, RecipeSpec
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "r1_toy.yaml"
@@ -43,6 +44,7 @@ class EvalSettings:
     temperature: NonNegativeFloat = 0.6
     top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
     batch_size: PositiveInt = 64
+    device: DeviceSetting = "auto"  # where the stages' models are evaluated
     stages: list[str] | None = None  # default: every stage that produces a model (+ "base" without pretraining)
     grader: str | None = None  # override the tasks' grader (e.g. last_number for a model answering in prose)
 
@@ -90,7 +92,7 @@ class Recipe:
         return self.model if name == BASE else str(self.stage_dir(name) / "final")
 
 
-def _wire(spec: RecipeSpec, cfg: dict, *, recipe: dict, stage_dir: Path, init_path: str | None,
+def _wire(spec: RecipeSpec, cfg: dict, *, recipe: dict, stage_dir: Path, seed: int, init_path: str | None,
           data_path: str | None) -> dict:
     """Fill in the fields that connect a stage to the recipe and to the stages before it."""
     cfg = copy.deepcopy(cfg)
@@ -103,9 +105,9 @@ def _wire(spec: RecipeSpec, cfg: dict, *, recipe: dict, stage_dir: Path, init_pa
     if data_path:
         cfg[spec.dataset_field] = merge(cfg.get(spec.dataset_field, {}), {"dataset": data_path})
     if spec.makes_model:
-        cfg["run"] = merge(cfg.get("run", {}), {"output_dir": str(stage_dir), "seed": recipe["seed"]})
+        cfg["run"] = merge(cfg.get("run", {}), {"output_dir": str(stage_dir), "seed": seed})
     else:
-        cfg["output"], cfg["seed"] = str(stage_dir / spec.product), recipe["seed"]
+        cfg["output"], cfg["seed"] = str(stage_dir / spec.product), seed
     return cfg
 
 
@@ -147,8 +149,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{where}: stage {name!r}: data must name a rejection stage, for an sft stage")
         init_path = str(out / entry["init"] / "final") if entry.get("init") else None
         data_path = str(out / entry["data"] / "sft.jsonl") if entry.get("data") else None
-        wired = _wire(spec, entry.get("config") or {}, recipe=raw, stage_dir=out / name, init_path=init_path,
-                      data_path=data_path)
+        # each stage its own seed (recipe seed + stage index): the GRPO stages would otherwise draw the same
+        # questions with the same sampling seeds at every step, and their curves would move together
+        wired = _wire(spec, entry.get("config") or {}, recipe=raw, stage_dir=out / name, seed=raw["seed"] + len(stages),
+                      init_path=init_path, data_path=data_path)
         config_cls, _ = spec.load()
         cfg = build(config_cls, wired, f"{where}: stages.{name}.config")
         stages.append(Stage(name, entry["kind"], entry.get("init"), entry.get("data"), cfg))

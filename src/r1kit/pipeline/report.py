@@ -82,6 +82,28 @@ def rl_curves(recipe: Recipe, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def rl_summary(recipe: Recipe, window: int = 10) -> list[str]:
+    """Per GRPO stage: its own train reward and accuracy over the first and the last `window` steps."""
+    from r1kit.training.metrics import read_metrics
+
+    lines = []
+    for stage in (s for s in recipe.stages if s.kind == "grpo"):
+        recs = [r for r in read_metrics(recipe.stage_dir(stage.name)) if r.get("reward") is not None]
+        if len(recs) < 2:
+            continue
+        w = min(window, len(recs) // 2)
+
+        def mean(key, part):
+            values = [r[key] for r in part if r.get(key) is not None]
+            return sum(values) / len(values) if values else float("nan")
+
+        first, last = recs[:w], recs[-w:]
+        lines.append(f"RL stage `{stage.name}`: train reward {mean('reward', first):.3f} (first {w} steps) -> "
+                     f"{mean('reward', last):.3f} (last {w}); train accuracy {100 * mean('accuracy', first):.1f}% -> "
+                     f"{100 * mean('accuracy', last):.1f}%.")
+    return lines
+
+
 def _moving_average(values, window: int) -> list[float]:
     out, total = [], 0.0
     for i, v in enumerate(values):
@@ -173,17 +195,17 @@ def write_report(recipe: Recipe, results: dict, timings: dict) -> Path:
     table = [[r["stage"], r["kind"]] + [_pct(r[t]) for t in tasks] + [_pct(r[f"{t} cons"]) for t in tasks] +
              [_pct(r["mean"]), f"{r['tokens']:.0f}"] for r in rows]
     distill = [s for s in recipe.stages if s.kind == "distill"]
-    student_line = ""
+    notes = rl_summary(recipe)
     if distill and distill[0].name in results and distill[0].init in results:
         st = next(r for r in rows if r["stage"] == distill[0].name)
         te = next(r for r in rows if r["stage"] == distill[0].init)
-        student_line = (f"Distilled student `{distill[0].name}` keeps {100 * st['mean'] / max(te['mean'], 1e-9):.0f}% "
+        notes.append(f"Distilled student `{distill[0].name}` keeps {100 * st['mean'] / max(te['mean'], 1e-9):.0f}% "
                         f"of its teacher `{distill[0].init}`'s mean pass@1 ({_pct(st['mean'])} vs {_pct(te['mean'])}), "
                         f"with {_params(recipe, distill[0].name):,} parameters against "
-                        f"{_params(recipe, distill[0].init):,}.")
-    md = _markdown(recipe, header, table, images, traces, student_line, timings)
+                     f"{_params(recipe, distill[0].init):,}.")
+    md = _markdown(recipe, header, table, images, traces, notes, timings)
     atomic_write_text(out / "report.md", md)
-    page = _html(recipe, header, table, images, traces, student_line, timings)
+    page = _html(recipe, header, table, images, traces, notes, timings)
     return atomic_write_text(out / "report.html", page)
 
 
@@ -194,15 +216,15 @@ def _params(recipe: Recipe, stage: str) -> int:
     return count_params(load_hf_config(recipe.model_path(stage)))["total"]
 
 
-def _markdown(recipe, header, table, images, traces, student_line, timings) -> str:
+def _markdown(recipe, header, table, images, traces, notes, timings) -> str:
     lines = [f"# r1kit pipeline report: {recipe.name}", "",
              (f"Held-out accuracy, R1 protocol: temperature {recipe.evaluate.temperature}, top-p "
              f"{recipe.evaluate.top_p}, {recipe.evaluate.samples} samples per problem, "
              f"{recipe.evaluate.problems} problems per task (percent)."), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in table]
-    if student_line:
-        lines += ["", student_line]
+    for note in notes:
+        lines += ["", note]
     for key, title in (("accuracy", "Accuracy by stage"), ("rl", "RL curves"), ("experts", "Expert load by task")):
         if key in images:
             lines += ["", f"## {title}", "", f"![{title}]({images[key].name})"]
@@ -222,7 +244,7 @@ def _img(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def _html(recipe, header, table, images, traces, student_line, timings) -> str:
+def _html(recipe, header, table, images, traces, notes, timings) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>r1kit: {e(recipe.name)}</title>",
              ("<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
@@ -236,8 +258,7 @@ def _html(recipe, header, table, images, traces, student_line, timings) -> str:
              "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
     parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table]
     parts.append("</table>")
-    if student_line:
-        parts.append(f"<p>{e(student_line)}</p>")
+    parts += [f"<p>{e(note)}</p>" for note in notes]
     for key, title in (("accuracy", "Accuracy by stage"), ("rl", "RL curves: reward, accuracy, response length"),
                        ("experts", "Expert load per task domain")):
         if key in images:

@@ -30,6 +30,7 @@ from typing import Annotated
 from pydantic import Field, NonNegativeFloat, PositiveInt
 
 from r1kit.config import configclass
+from r1kit.training.loop import DeviceSetting
 from r1kit.training.tasks import TaskData
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -65,6 +66,7 @@ class RejectionConfig:
     filters: FilterConfig = field(default_factory=FilterConfig)
     output: str = "runs/rejection/sft.jsonl"
     seed: int = 0
+    device: DeviceSetting = "auto"
 
 
 @dataclass
@@ -185,7 +187,7 @@ def rejection_sample(cfg: RejectionConfig) -> dict:
     from r1kit.tokenizer import load_tokenizer
     from r1kit.training.tasks import load_examples
 
-    model = load_model(cfg.model, seed=cfg.seed).eval()
+    model = load_model(cfg.model, seed=cfg.seed, device=cfg.device).eval()
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
     examples = load_examples(cfg.tasks, "train", cfg.seed)
     with torch.no_grad():
