@@ -15,7 +15,7 @@ def test_eval_json_and_table(tmp_path, monkeypatch, capsys, fake, tok):
     data.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n"
                     + json.dumps({"question": "2+2?", "answer": "#### 4"}) + "\n")
     gen = fake(lambda text, seed: "\\boxed{2}")  # right on the first problem only
-    monkeypatch.setattr(r1kit, "load_model", lambda src, dtype=None: torch.nn.Identity(), raising=False)
+    monkeypatch.setattr(r1kit, "load_model", lambda src, **kwargs: torch.nn.Identity(), raising=False)
     monkeypatch.setattr(r1kit, "load_tokenizer", lambda src: tok, raising=False)
     monkeypatch.setattr(r1kit, "generate", gen, raising=False)
     out = tmp_path / "out"
@@ -37,7 +37,7 @@ def test_other_precision_does_not_reuse_cached_samples(tmp_path, monkeypatch, ca
     data = tmp_path / "gsm8k.jsonl"
     data.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
     gen = fake(lambda text, seed: "\\boxed{2}")
-    monkeypatch.setattr(r1kit, "load_model", lambda src, dtype=None: torch.nn.Identity(), raising=False)
+    monkeypatch.setattr(r1kit, "load_model", lambda src, **kwargs: torch.nn.Identity(), raising=False)
     monkeypatch.setattr(r1kit, "load_tokenizer", lambda src: tok, raising=False)
     monkeypatch.setattr(r1kit, "generate", gen, raising=False)
     argv = ["eval", "--model", "m", "--benchmark", "gsm8k", "--data", str(data), "--samples", "2",
