@@ -131,7 +131,7 @@ def ppo_update(run, critic: Critic, cfg: PPOConfig, r: Rollout, ref_model) -> di
     device = next(model.parameters()).device
     ids, attn, cmask, rollout_logps, scores = (t.to(device) for t in (ids, attn, cmask, rollout_logps, r.rewards))
     micro, slices = cfg.micro_batch_size, _slices(len(ids), cfg.micro_batch_size)
-    with autocast(cfg.run), torch.no_grad():
+    with autocast(cfg.run, device), torch.no_grad():
         ref = frozen_logps(ref_model, ids, attn, P, cfg.temperature, micro) if ref_model else None
         old = (frozen_logps(model, ids, attn, P, cfg.temperature, micro)
                if cfg.num_iterations > 1 or cfg.kl_coef > 0 else None)
@@ -150,7 +150,7 @@ def ppo_update(run, critic: Critic, cfg: PPOConfig, r: Rollout, ref_model) -> di
     for it in range(cfg.num_iterations):
         for s in slices:
             share = (s.stop - s.start) / (len(ids) * cfg.num_iterations)  # the slice's weight in the averages
-            with autocast(cfg.run):
+            with autocast(cfg.run, device):
                 logps, entropy = completion_logps(model, ids[s], attn[s], P, cfg.temperature, with_entropy=it == 0)
                 loss, m = grpo_loss(logps, adv[s], cmask[s], cfg.loss, old_logps=None if old is None else old[s],
                                     ref_logps=None if ref is None else ref[s], rollout_logps=rollout_logps[s],
@@ -159,7 +159,7 @@ def ppo_update(run, critic: Critic, cfg: PPOConfig, r: Rollout, ref_model) -> di
                 if aux is not None:
                     loss = loss + aux * (s.stop - s.start) / len(ids)
             loss.backward()  # before the critic's forward: the two models' activations never coexist
-            with autocast(cfg.run):
+            with autocast(cfg.run, device):
                 values = values_of(ids[s], attention_mask=attn[s])[:, P - 1:-1]  # (b, C)
                 vloss, vm = value_loss(values, old_values[s], returns[s], cmask[s], cfg.vf_clip)
                 vloss = vloss * cmask[s].sum() / tokens.clamp(min=1.0)  # a token mean over the whole step
