@@ -24,6 +24,7 @@ def generate(
     stop: list[str] | str | None = None,
     max_batch_size: int = 32,
     matmul_dtype=None,
+    speculative: str | None = None,
 ) -> list[Completion]:
     """Generate one completion per prompt (design.md §3).
 
@@ -33,6 +34,8 @@ def generate(
     seed: an int (prompt i uses seed + i), a list with one seed per prompt, or None (unseeded).
     Temperature 0 is greedy. Batching, caching and stopping happen inside.
     matmul_dtype: torch.bfloat16 runs an fp32 model's linear layers in bf16 on packed weights (see `Engine`).
+    speculative: "mtp" drafts with the model's MTP head (see `Engine`); requests with the same prompt always
+    share its prefill.
     """
     if isinstance(seed, int):
         seeds = [seed + i for i in range(len(prompts))]
@@ -48,7 +51,7 @@ def generate(
     if isinstance(model, VLLMEngine):
         return model.generate(prompts, params)
     engine = Engine(model, tokenizer, max_batch_size=max(1, min(len(prompts), max_batch_size)),
-                    matmul_dtype=matmul_dtype)
+                    matmul_dtype=matmul_dtype, speculative=speculative)
     encoded = [engine.encode(p)[0] for p in prompts]
     # a cache just long enough for the longest prompt plus its new tokens, rounded up so shapes repeat
     need = max(len(ids) for ids in encoded) + max_new_tokens + 1

@@ -78,6 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--json", action="store_true", help='print {"text","reasoning","answer","finish_reason","tokens"}')
+    p.add_argument("--speculative", choices=["mtp"], default=None,
+                   help="mtp: draft one token per step with the model's MTP head and verify it (same output "
+                        "distribution; greedy output unchanged); pays when the drafts are mostly accepted")
     add_backend_args(p)
     p.set_defaults(func=_generate)
 
@@ -107,7 +110,8 @@ def _generate(args) -> int:
     model, tok, params = _load(args)
     prompt = args.prompt if args.raw else _messages(args, [], args.prompt)
     engine = model if isinstance(model, VLLMEngine) else Engine(model, tok, max_batch_size=1,
-                                                                 matmul_dtype=matmul_dtype(args))
+                                                                 matmul_dtype=matmul_dtype(args),
+                                                                 speculative=args.speculative)
     c = engine.generate([prompt], params)[0]
     if args.json:
         print(json.dumps({"text": c.text, "reasoning": c.reasoning, "answer": c.answer,

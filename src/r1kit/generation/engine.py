@@ -30,7 +30,15 @@ from dataclasses import dataclass, field
 import torch
 
 from r1kit.errors import R1kitError
-from r1kit.generation.sampling import SamplingParams, SamplingTensors, make_generator, sample
+from r1kit.generation import speculative as spec
+from r1kit.generation.sampling import (
+    SamplingParams,
+    SamplingTensors,
+    draw,
+    make_generator,
+    policy_probs,
+    sample,
+)
 from r1kit.models.linear import PackedLinears
 from r1kit.reasoning import prompt_opens_think, split_reasoning
 
@@ -47,7 +55,7 @@ class Completion:
     prefilled_think: bool = False  # the prompt opened <think>: the reply starts inside the reasoning
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the engine looks requests up in its lists
 class Request:
     id: int
     prompt_ids: list[int]
@@ -62,6 +70,7 @@ class Request:
     row: int | None = None
     _prefix: int = 0  # incremental detokenizer offsets into out_ids
     _read: int = 0
+    _key: tuple[int, ...] | None = None  # the prompt ids as a dict key (prefix sharing)
 
     @property
     def done(self) -> bool:
@@ -80,21 +89,29 @@ class RowState:
     token: torch.Tensor  # (R,) the row's last sampled token
     pos: torch.Tensor  # (R,) its position (the cache slot it is written to when decoded)
     sampling: SamplingTensors  # (R,) the row's request's sampling parameters
+    draft: torch.Tensor  # (R,) speculative decoding: the MTP draft for position pos + 1
+    draft_probs: torch.Tensor | None  # (R, V) the distribution the draft was drawn from (None: not speculating)
 
     @classmethod
-    def allocate(cls, rows: int, device: torch.device) -> RowState:
+    def allocate(cls, rows: int, device: torch.device, vocab: int | None = None) -> RowState:
         zeros = torch.zeros(rows, dtype=torch.long, device=device)
-        return cls(zeros, zeros.clone(), SamplingTensors.empty(rows, device))
+        probs = None if vocab is None else torch.zeros(rows, vocab, device=device)
+        return cls(zeros, zeros.clone(), SamplingTensors.empty(rows, device), zeros.clone(), probs)
 
     def move(self, src: int, dst: int) -> None:
-        self.token[dst], self.pos[dst] = self.token[src], self.pos[src]
+        self.token[dst], self.pos[dst], self.draft[dst] = self.token[src], self.pos[src], self.draft[src]
         self.sampling[dst] = self.sampling[src]
+        if self.draft_probs is not None:
+            self.draft_probs[dst] = self.draft_probs[src]
 
 
 class Engine:
     def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_seq_len: int | None = None,
-                 prefill_chunk: int = 512, matmul_dtype: torch.dtype | None = None, share_prefixes: bool = True):
-        """share_prefixes: requests with identical prompt ids prefill once and copy its cache rows (see `_admit`).
+                 prefill_chunk: int = 512, matmul_dtype: torch.dtype | None = None, share_prefixes: bool = True,
+                 speculative: str | None = None):
+        """speculative: "mtp" drafts one token per step with the model's MTP head and verifies it with the main
+        model in the same forward (see generation/speculative.py): up to 2 tokens per step, same distribution.
+        share_prefixes: requests with identical prompt ids prefill once and copy its cache rows (see `_admit`).
         matmul_dtype: torch.bfloat16 runs an fp32 model's linear layers in bf16 on packed weights (mixed-
         precision rollouts: faster on CPUs with AMX, log-probs off by bf16 rounding); None keeps the model's
         dtype (a bf16 model is packed anyway, see models/linear.py).
@@ -116,7 +133,14 @@ class Engine:
         self._packed = PackedLinears(model, matmul_dtype)
         self.last_completion: Completion | None = None  # of the last `stream` call
         self.share_prefixes = share_prefixes
+        if speculative not in (None, "mtp"):
+            raise R1kitError(f"speculative must be None or 'mtp', got {speculative!r}")
+        if speculative and not len(getattr(model, "mtp", [])):
+            raise R1kitError("speculative='mtp' needs a model with an MTP module (n_mtp_layers >= 1)")
+        self.speculative = speculative == "mtp"
+        self.drafted = self.accepted = 0  # speculative decoding: drafts verified and kept
         self._prefix_hidden: dict[object, torch.Tensor] = {}  # prompt -> (d,) last hidden, while held
+        self._holders: dict[object, list[Request]] = {}  # prompt -> the running requests whose rows hold it
 
     @property
     def device(self) -> torch.device:
@@ -166,8 +190,10 @@ class Engine:
             self.model.eval()
         try:
             if not self._cache_ready:
-                self.model.setup_cache(self.max_batch_size, self.max_seq_len)
-                self.rows = RowState.allocate(self.max_batch_size, self.device)
+                mtp = {"mtp": True} if self.speculative else {}  # the MTP depth's cache, for its drafts
+                self.model.setup_cache(self.max_batch_size, self.max_seq_len, **mtp)
+                vocab = self.model.config.vocab_size if self.speculative else None
+                self.rows = RowState.allocate(self.max_batch_size, self.device, vocab)
                 self._cache_ready = True
             self._compact()
             with self._packed.active():  # bf16 on CPU: oneDNN-packed weights (models/linear.py)
@@ -175,7 +201,7 @@ class Engine:
                 decoding = sorted((r for r in self.running if r not in admitted and not r.done),
                                   key=lambda r: r.row)  # rows 0..n-1 after _compact: the cache is sliced
                 if decoding:
-                    self._decode(decoding)
+                    (self._decode_speculative if self.speculative else self._decode)(decoding)
         finally:
             if was_training:
                 self.model.train()
@@ -203,13 +229,14 @@ class Engine:
         groups: dict[object, list[Request]] = {}  # one group per distinct prompt (per request when not sharing)
         for req in batch:
             groups.setdefault(self._prefix_key(req), []).append(req)
+        keys = list(groups)
+        group_of = [keys.index(self._prefix_key(r)) for r in batch]  # (B,) request -> group
         hidden: dict[object, torch.Tensor] = {}  # (d,) the hidden state at each group's last prompt token
         fresh = []
         for key, reqs in groups.items():
-            holder = next((r for r in self.running if self._prefix_key(r) == key), None)
-            if holder is not None and key in self._prefix_hidden:
+            if key in self._holders:
                 hidden[key] = self._prefix_hidden[key]
-                self._copy_prompt(holder, reqs)
+                self._copy_prompt(self._holders[key][0], reqs)
             else:
                 fresh.append(reqs[0])
         self.running.extend(batch)
@@ -220,15 +247,23 @@ class Engine:
                 self._copy_prompt(req, groups[key][1:])
                 if self.share_prefixes:
                     self._prefix_hidden[key] = h
-        keys = list(groups)
-        index = torch.tensor([keys.index(self._prefix_key(r)) for r in batch], device=dev)  # (B,) request -> group
-        logits = self.model.lm_head(torch.stack([hidden[k] for k in keys]))[index]  # (B, V)
+        if self.share_prefixes:
+            for key, reqs in groups.items():
+                self._holders.setdefault(key, []).extend(reqs)
+        index = torch.tensor(group_of, device=dev)
+        hidden_of = torch.stack([hidden[k] for k in keys])[index]  # (B, d)
+        logits = self.model.lm_head(hidden_of)  # (B, V)
         rows = torch.tensor([r.row for r in batch], device=dev)  # (B,)
         sampling = SamplingTensors.from_params([r.params for r in batch], dev)
         tokens = self._sample_and_append(batch, logits, sampling)
         self.rows.token[rows] = tokens
         self.rows.pos[rows] = torch.tensor([len(r.prompt_ids) for r in batch], device=dev)
         self.rows.sampling[rows] = sampling
+        if self.speculative:  # the first draft: the MTP depth at the last prompt position
+            last = self.rows.pos[rows] - 1
+            g = self.model.forward_mtp_cached(hidden_of[:, None], tokens[:, None], last[:, None],
+                                              kv_len=max(len(r.prompt_ids) for r in batch), cache_rows=rows)
+            self._propose(batch, rows, g[:, 0], sampling, spec.uniforms([r.generator for r in batch], 1, dev)[0])
         return batch
 
     def _prefill(self, batch: list[Request]) -> torch.Tensor:
@@ -244,13 +279,20 @@ class Engine:
             end = min(start + self.prefill_chunk, T)
             pos = torch.arange(start, end, device=dev).expand(B, -1)  # (B, T_chunk)
             h = self.model.forward_cached(ids[:, start:end], pos, kv_len=end, cache_rows=rows)
+            if self.speculative:  # fill the MTP depth's cache: position i sees h_i and token i + 1
+                nxt = torch.cat([ids, ids[:, -1:]], dim=1)[:, start + 1:end + 1]  # the last one is redone later
+                self.model.forward_mtp_cached(h, nxt, pos, kv_len=end, cache_rows=rows)
             here = (last_index >= start) & (last_index < end)  # (B,) prompts ending in this chunk
             at = h[batch_index, (last_index - start).clamp(0, end - start - 1)]  # (B, d)
             last_hidden = at if last_hidden is None else torch.where(here[:, None], at, last_hidden)
         return last_hidden
 
     def _prefix_key(self, req: Request) -> object:
-        return tuple(req.prompt_ids) if self.share_prefixes else req.id
+        if not self.share_prefixes:
+            return req.id
+        if req._key is None:
+            req._key = tuple(req.prompt_ids)
+        return req._key
 
     def _copy_prompt(self, src: Request, dst: list[Request]) -> None:
         """Copy src's prompt slots into the rows of dst (requests with the same prompt)."""
@@ -274,23 +316,63 @@ class Engine:
         tokens, logprobs = sample(logits, [r.params for r in reqs], [r.generator for r in reqs], sampling)
         host_tokens, host_logprobs = torch.stack([tokens.double(), logprobs.double()]).tolist()  # the one sync
         for req, tok, lp in zip(reqs, host_tokens, host_logprobs):
-            tok = int(tok)
-            req.out_ids.append(tok)
-            req.logprobs.append(lp)
-            if tok in self.eos_ids and not req.params.ignore_eos:
-                req.finish_reason = "stop"
-            else:
-                checked = len(req.text)  # text before this token was searched for stop strings already
-                self._detokenize(req)
-                if req.params.stop and self._hit_stop(req, checked):
-                    req.finish_reason = "stop"
-                elif (len(req.out_ids) >= req.params.max_new_tokens
-                      or len(req.prompt_ids) + len(req.out_ids) >= self.max_seq_len):
-                    req.finish_reason = "length"
-            if req.done and not req.cut_at_stop:
-                ids = req.out_ids[:-1] if req.finish_reason == "stop" else req.out_ids  # drop the EOS
-                req.text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            self._append(req, int(tok), lp)
         return tokens
+
+    def _decode_speculative(self, reqs: list[Request]) -> None:
+        """Verify each row's draft and decode up to two tokens, in rows 0..n-1 (see generation/speculative.py)."""
+        n, dev, r = len(reqs), self.device, self.rows
+        kv_len = max(len(q.prompt_ids) + len(q.out_ids) for q in reqs) + 1  # the draft's slot included
+        cache_pos = r.pos[:n, None] + torch.arange(2, device=dev)  # (n, 2) the last token and the draft
+        h = self.model.forward_cached(torch.stack([r.token[:n], r.draft[:n]], dim=1), cache_pos, kv_len=kv_len)
+        params = [q.params for q in reqs]
+        sampling = r.sampling[:n]
+        twice = torch.arange(n, device=dev).repeat_interleave(2)
+        p, logp = policy_probs(self.model.lm_head(h).flatten(0, 1), [q for q in params for _ in range(2)],
+                               sampling[twice])
+        p, logp = p.view(n, 2, -1), logp.view(n, 2, -1)  # (n, 2, V): at the last token and at the draft
+        u = spec.uniforms([q.generator for q in reqs], 4, dev)  # (4, n)
+        first, accepted = spec.verify(p[:, 0], r.draft_probs[:n], r.draft[:n], u[0], u[1])
+        second = draw(p[:, 1], u[2])  # kept only when the draft was
+        lp = logp.gather(2, torch.stack([first, second], dim=1)[:, :, None]).squeeze(2)  # (n, 2)
+        g = self.model.forward_mtp_cached(h, torch.stack([first, second], dim=1), cache_pos, kv_len=kv_len)
+        self._propose(reqs, None, g[torch.arange(n, device=dev), accepted.long()], sampling, u[3])
+        r.token[:n] = torch.where(accepted, second, first)
+        r.pos[:n] += 1 + accepted.long()
+        host = torch.stack([first.double(), second.double(), accepted.double(), lp[:, 0].double(),
+                            lp[:, 1].double()]).tolist()  # the one sync
+        for req, t1, t2, ok, lp1, lp2 in zip(reqs, *host):
+            self.drafted += 1
+            self._append(req, int(t1), lp1)
+            if ok:
+                self.accepted += 1
+                if not req.done:
+                    self._append(req, int(t2), lp2)
+
+    def _propose(self, reqs: list[Request], rows: torch.Tensor | None, g: torch.Tensor, sampling: SamplingTensors,
+                 u: torch.Tensor) -> None:
+        """Draw each row's next draft from the MTP depth's state g (B, d); rows None: rows 0..B-1."""
+        q, _ = policy_probs(self.model.lm_head(g), [r.params for r in reqs], sampling)
+        rows = slice(0, len(reqs)) if rows is None else rows
+        self.rows.draft[rows], self.rows.draft_probs[rows] = draw(q, u), q
+
+    def _append(self, req: Request, tok: int, lp: float) -> None:
+        """Append one sampled token to a request and apply the stop rules (host side)."""
+        req.out_ids.append(tok)
+        req.logprobs.append(lp)
+        if tok in self.eos_ids and not req.params.ignore_eos:
+            req.finish_reason = "stop"
+        else:
+            checked = len(req.text)  # text before this token was searched for stop strings already
+            self._detokenize(req)
+            if req.params.stop and self._hit_stop(req, checked):
+                req.finish_reason = "stop"
+            elif (len(req.out_ids) >= req.params.max_new_tokens
+                  or len(req.prompt_ids) + len(req.out_ids) >= self.max_seq_len):
+                req.finish_reason = "length"
+        if req.done and not req.cut_at_stop:
+            ids = req.out_ids[:-1] if req.finish_reason == "stop" else req.out_ids  # drop the EOS
+            req.text = self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _compact(self) -> None:
         """Move running requests into the lowest rows, so a decode step reads rows 0..n-1 of the cache as a slice.
@@ -312,8 +394,10 @@ class Engine:
         if req in self.running:
             self.running.remove(req)
             key = self._prefix_key(req)
-            if key in self._prefix_hidden and not any(self._prefix_key(r) == key for r in self.running):
-                del self._prefix_hidden[key]  # no row holds this prompt any more
+            if key in self._holders:
+                self._holders[key].remove(req)
+                if not self._holders[key]:  # no row holds this prompt any more
+                    del self._holders[key], self._prefix_hidden[key]
         if req.row is not None:
             self.free_rows.append(req.row)
             self.free_rows.sort()

@@ -166,3 +166,33 @@ def _sample_filtered(logp: torch.Tensor, params: list[SamplingParams], t: Sampli
     filtered = order.gather(1, choice).squeeze(1)
     unfiltered = (t.top_p >= 1) & (t.top_k == 0) & (t.min_p == 0)  # (B,)
     return torch.where(unfiltered, plain, filtered)
+
+
+def policy_probs(logits: torch.Tensor, params: list[SamplingParams],
+                 t: SamplingTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distribution `sample` draws from, per row, as (B, V) probabilities: temperature, then the filters,
+    renormalized; a greedy row is one-hot at its argmax. Also returns the temperature-scaled log-probs (B, V)
+    (unfiltered: what `sample` reports). Speculative decoding verifies drafts against these."""
+    logits = logits.float()
+    greedy = t.temperature == 0  # (B,)
+    logp = torch.log_softmax(logits / torch.where(greedy, 1.0, t.temperature)[:, None], dim=-1)
+    probs = logp.exp()
+    if not all(p.top_p >= 1 and p.top_k == 0 and p.min_p == 0 for p in params):
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = torch.zeros_like(probs, dtype=torch.bool).scatter(
+            1, order, keep_sorted(sorted_p, t.top_k, t.top_p, t.min_p))
+        probs = probs * keep
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    if any(p.temperature == 0 for p in params):
+        onehot = torch.zeros_like(probs).scatter(1, argmax(logits)[:, None], 1.0)
+        probs = torch.where(greedy[:, None], onehot, probs)
+    return probs, logp
+
+
+def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Invert each row's CDF of probs (B, V), not necessarily normalized, at u (B,) in [0, 1) -> tokens (B,).
+
+    Searching from the right never picks a token of probability 0, even at u = 0."""
+    cdf = probs.cumsum(dim=-1)
+    index = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], side="right").squeeze(1)
+    return index.clamp(max=probs.shape[1] - 1)

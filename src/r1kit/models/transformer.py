@@ -71,6 +71,7 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq_len, d_rope/2)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.cache_batch = self.cache_len = 0
+        self.cache_mtp = False
         if self.embed_tokens.weight.device.type != "meta":
             self.apply(self._init_weights)
 
@@ -166,16 +167,26 @@ class Transformer(nn.Module):
 
     # ---- cached forward (generation) ----------------------------------------------------------------------------
 
-    def setup_cache(self, max_batch: int, max_seq_len: int, dtype: torch.dtype | None = None) -> None:
-        """Allocate every layer's KV cache once, at full size; later forwards write into it by position."""
+    def setup_cache(self, max_batch: int, max_seq_len: int, dtype: torch.dtype | None = None, *,
+                    mtp: bool = False) -> None:
+        """Allocate every layer's KV cache once, at full size; later forwards write into it by position.
+
+        mtp: also the first MTP depth's block (speculative decoding drafts with it, see `forward_mtp_cached`)."""
         if max_seq_len > self.config.max_seq_len:
             raise ValueError(f"cache length {max_seq_len} exceeds the model's max_seq_len {self.config.max_seq_len}")
-        if (max_batch, max_seq_len) == (self.cache_batch, self.cache_len):
+        if (max_batch, max_seq_len, mtp) == (self.cache_batch, self.cache_len, self.cache_mtp):
             return
-        dtype = dtype or self.embed_tokens.weight.dtype
+        dtype, device = dtype or self.embed_tokens.weight.dtype, self.embed_tokens.weight.device
         for layer in self.layers:
-            layer.self_attn.setup_cache(max_batch, max_seq_len, dtype, self.embed_tokens.weight.device)
-        self.cache_batch, self.cache_len = max_batch, max_seq_len
+            layer.self_attn.setup_cache(max_batch, max_seq_len, dtype, device)
+        for k, module in enumerate(self.mtp):
+            if mtp and k == 0:
+                module.block.self_attn.setup_cache(max_batch, max_seq_len, dtype, device)
+            else:
+                for name in ("cache_kv", "cache_pe", "cache_k", "cache_v"):
+                    if hasattr(module.block.self_attn, name):
+                        setattr(module.block.self_attn, name, None)
+        self.cache_batch, self.cache_len, self.cache_mtp = max_batch, max_seq_len, mtp
 
     def _attention_caches(self) -> list[torch.Tensor]:
         """Every cache tensor (B_max, S, ...): the layers' (MLA: c_KV and k_pe; GQA: K and V), then the MTP blocks'."""
@@ -204,14 +215,27 @@ class Transformer(nn.Module):
 
         Token t of row b is written to slot cache_pos[b, t] and attends to slots 0..cache_pos[b, t]; the caller
         keeps every row's earlier slots filled (prompts right-padded, so padding is overwritten later)."""
-        slots = torch.arange(kv_len, device=input_ids.device)
-        mask = (slots[None, None, :] <= cache_pos[:, :, None]).unsqueeze(1)  # (B, 1, T, S)
-        ctx = AttentionContext(self.rope_cos[cache_pos], self.rope_sin[cache_pos], mask=mask,
-                               cache_pos=cache_pos, cache_rows=cache_rows, kv_len=kv_len)
+        ctx = self._cached_context(cache_pos, kv_len, cache_rows)
         h = self.embed_tokens(input_ids)
         for layer in self.layers:
             h = layer(h, ctx)
         return self.norm(h)
+
+    def forward_mtp_cached(self, hidden: torch.Tensor, next_ids: torch.Tensor, cache_pos: torch.Tensor, *,
+                           kv_len: int, cache_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The first MTP depth over its own cache (`setup_cache(mtp=True)`): final-normed states (B, T, d).
+
+        hidden: the main model's final-normed states (B, T, d) at cache_pos; next_ids (B, T): the token after each
+        position. `lm_head` of the result at position i predicts token i + 2 (a draft for speculative decoding)."""
+        module = self.mtp[0]
+        ctx = self._cached_context(cache_pos, kv_len, cache_rows)
+        return module.norm(module(hidden, self.embed_tokens(next_ids), ctx))
+
+    def _cached_context(self, cache_pos: torch.Tensor, kv_len: int, cache_rows: torch.Tensor | None):
+        slots = torch.arange(kv_len, device=cache_pos.device)
+        mask = (slots[None, None, :] <= cache_pos[:, :, None]).unsqueeze(1)  # (B, 1, T, S)
+        return AttentionContext(self.rope_cos[cache_pos], self.rope_sin[cache_pos], mask=mask,
+                                cache_pos=cache_pos, cache_rows=cache_rows, kv_len=kv_len)
 
     # ---- MoE training hooks --------------------------------------------------------------------------------------
 
