@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from functools import partial
 
 from r1kit.evaluation.harness import EvalConfig
 from r1kit.generation.cli import add_backend_args, add_precision_args, load_backend
@@ -102,7 +101,6 @@ def _model_id(args: argparse.Namespace) -> str:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    import r1kit
     from r1kit.evaluation.benchmarks import get_benchmark, load_problems
     from r1kit.evaluation.harness import evaluate
 
@@ -122,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         out_dir=out_dir,
         model_id=_model_id(args),
         progress=not args.no_progress,
-        generate_fn=partial(r1kit.generate, matmul_dtype=torch.bfloat16) if args.bf16_matmuls else None,
+        matmul_dtype=torch.bfloat16 if args.bf16_matmuls else None,  # the continuous engine, in bf16 matmuls
     )
     print(json.dumps(summary, indent=2) if args.json else format_table(summary, out_dir))
     return 0
