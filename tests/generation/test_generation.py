@@ -240,6 +240,9 @@ class ScriptedModel(torch.nn.Module):
     def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
         pass
 
+    def copy_cache_rows(self, src: int, dst, length: int) -> None:
+        pass  # no cache: the next token depends on the current one only
+
     def forward_cached(self, input_ids, cache_pos, *, kv_len, cache_rows=None):
         return torch.nn.functional.one_hot(input_ids, self.config.dim).float()  # (B, T, V)
 
