@@ -12,8 +12,8 @@ from r1kit.data import make_task_set
 from r1kit.errors import ConfigError
 from r1kit.models.checkpoint import load_model
 from r1kit.training.distill import DistillConfig, distill
-from r1kit.training.packing import Sample, collate
 from r1kit.training.lm_loss import KDConfig, lm_loss
+from r1kit.training.packing import Sample, collate
 
 
 def write_traces(path, n_good=6, n_bad=2):

@@ -5,6 +5,7 @@ respect to each current log-prob, so gradients are checked against calculus, not
 code.
 """
 
+import itertools
 import math
 import statistics
 
@@ -200,7 +201,7 @@ def test_gradient_accumulation_equals_full_batch(loss_type, cuts):
     split = logps.clone().requires_grad_(True)
     bounds = [0, *cuts, B]
     total = 0.0
-    for s in [slice(a, b) for a, b in zip(bounds, bounds[1:])]:
+    for s in [slice(a, b) for a, b in itertools.pairwise(bounds)]:
         loss, _ = grpo_loss(split[s], adv[s], mask[s], cfg, old_logps=old[s], step_sequences=B,
                             step_tokens=mask.sum())
         loss.backward()

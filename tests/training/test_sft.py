@@ -10,9 +10,9 @@ from r1kit.config import load_config
 from r1kit.errors import ConfigError
 from r1kit.models.checkpoint import load_model
 from r1kit.tokenizer import toy_tokenizer
-from r1kit.training.packing import Sample, collate
 from r1kit.training.lm_data import cold_start_rows
 from r1kit.training.lm_loss import lm_loss
+from r1kit.training.packing import Sample, collate
 from r1kit.training.pretrain import PretrainConfig, pretrain
 from r1kit.training.sft import SFTConfig, sft
 from r1kit.training.tasks import TaskData
