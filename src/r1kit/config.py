@@ -108,6 +108,3 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     return build(cls, merge(data, extra), where=str(path) if path else "config")
 
-
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
