@@ -393,23 +393,15 @@ def train(cfg: GRPOConfig) -> dict:
             if frac_zero_std is None:
                 frac_zero_std = 1.0 - keep_informative_groups(rewards, cfg.num_generations).float().mean().item()
             record = {
-                "reward": rewards.mean().item(), "reward_std": rewards.std().item(),
-                **{f"reward/{k}": _mean(v) for k, v in per_reward.items()},
-                "accuracy": correct.mean().item(),
-                "frac_zero_std": frac_zero_std,
-                "completion_len": lengths.mean().item(), "completion_len_max": lengths.max().item(),
-                "truncated": sum(reason == "length" for _, reason in done) / len(done),
-                **metrics,
-                "lr": run.scheduler.get_last_lr()[0],
-                "rollout_tok_s": lengths.sum().item() / max(max(x[3] for x in ranks), 1e-9),
+                **rollout_metrics(rewards, correct, per_reward, lengths, [reason for _, reason in done],
+                                  max(x[3] for x in ranks)),
+                "frac_zero_std": frac_zero_std, **metrics, "lr": run.scheduler.get_last_lr()[0],
                 "step_s": time.perf_counter() - t0,
             }
             if cfg.eval_every and step % cfg.eval_every == 0:
                 record["eval_accuracy"] = greedy_accuracy(engine, eval_set, cfg.data, cfg.max_new_tokens)
             last = log.log(step, record)
-            log.log_samples(step, [{"question": ex["question"], "gold": ex.get("answer"), "completion": c.text,
-                                    "reward": rw} for ex, c, rw in
-                                   list(zip(r.examples, r.completions, r.rewards.tolist()))[: cfg.samples_per_step]])
+            log.log_samples(step, sample_records(r, cfg.samples_per_step))
             if step % cfg.run.save_every == 0 or step == cfg.run.steps:
                 save_step(run, step, cfg.run)
     finish_run(run, ["reward", "accuracy", "eval_accuracy", "completion_len", "kl", "entropy", "frac_zero_std",
@@ -425,6 +417,25 @@ def vllm_rollout_engine(run, cfg: GRPOConfig, max_seq_len: int):
     path = save_model(run.model, run.dir / "vllm-init", tokenizer=run.tokenizer)
     options = {"max_model_len": max_seq_len, "seed": cfg.run.seed, **cfg.vllm}
     return VLLMEngine(path, run.tokenizer, **options)
+
+
+def rollout_metrics(rewards: torch.Tensor, correct: torch.Tensor, per_reward: dict[str, list], lengths: torch.Tensor,
+                    finish_reasons: list[str], seconds: float) -> dict[str, float | None]:
+    """What a step's rollout logs (GRPO and PPO): rewards, accuracy, lengths, truncation, sampling speed."""
+    return {
+        "reward": rewards.mean().item(), "reward_std": rewards.std().item(),
+        **{f"reward/{k}": _mean(v) for k, v in per_reward.items()},
+        "accuracy": correct.mean().item(),
+        "completion_len": lengths.mean().item(), "completion_len_max": lengths.max().item(),
+        "truncated": sum(reason == "length" for reason in finish_reasons) / len(finish_reasons),
+        "rollout_tok_s": lengths.sum().item() / max(seconds, 1e-9),
+    }
+
+
+def sample_records(r: Rollout, n: int) -> list[dict]:
+    """The first n completions of a rollout, for samples.jsonl."""
+    return [{"question": ex["question"], "gold": ex.get("answer"), "completion": c.text, "reward": rw}
+            for ex, c, rw in list(zip(r.examples, r.completions, r.rewards.tolist()))[:n]]
 
 
 def _mean(values) -> float | None:

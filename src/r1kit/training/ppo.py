@@ -193,7 +193,7 @@ def train(cfg: PPOConfig) -> dict:
     from r1kit.generation import Engine
     from r1kit.models.checkpoint import load_model
     from r1kit.training.evaluator import greedy_accuracy
-    from r1kit.training.grpo import _mean, collect, vllm_rollout_engine
+    from r1kit.training.grpo import collect, rollout_metrics, sample_records, vllm_rollout_engine
     from r1kit.training.loop import finish_run, save_step, start_run
     from r1kit.training.metrics import MetricsLogger
     from r1kit.training.tasks import load_examples
@@ -228,23 +228,16 @@ def train(cfg: PPOConfig) -> dict:
                 engine.update_weights(run.model)
             lengths = torch.tensor([len(c.token_ids) for c in r.completions], dtype=torch.float)
             record = {
-                "reward": r.rewards.mean().item(), "reward_std": r.rewards.std().item(),
-                **{f"reward/{k}": _mean(v) for k, v in r.per_reward.items()},
-                "accuracy": r.correct.mean().item(),
-                "frac_zero_std": frac_zero_std,
-                "completion_len": lengths.mean().item(), "completion_len_max": lengths.max().item(),
-                "truncated": sum(c.finish_reason == "length" for c in r.completions) / len(r.completions),
-                **metrics,
+                **rollout_metrics(r.rewards, r.correct, r.per_reward, lengths,
+                                  [c.finish_reason for c in r.completions], r.seconds),
+                "frac_zero_std": frac_zero_std, **metrics,
                 "lr": run.scheduler.get_last_lr()[0], "value_lr": critic.scheduler.get_last_lr()[0],
-                "rollout_tok_s": lengths.sum().item() / max(r.seconds, 1e-9),
                 "step_s": time.perf_counter() - t0,
             }
             if cfg.eval_every and step % cfg.eval_every == 0:
                 record["eval_accuracy"] = greedy_accuracy(engine, eval_set, cfg.data, cfg.max_new_tokens)
             last = log.log(step, record)
-            log.log_samples(step, [{"question": ex["question"], "gold": ex.get("answer"), "completion": c.text,
-                                    "reward": rw} for ex, c, rw in
-                                   list(zip(r.examples, r.completions, r.rewards.tolist()))[: cfg.samples_per_step]])
+            log.log_samples(step, sample_records(r, cfg.samples_per_step))
             if step % cfg.run.save_every == 0 or step == cfg.run.steps:
                 save_critic(critic, step, cfg.run)  # first: a policy checkpoint always has its critic
                 save_step(run, step, cfg.run)
