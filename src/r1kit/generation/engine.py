@@ -15,6 +15,11 @@ One Engine serves `r1kit.generate`, GRPO rollouts, rejection sampling, evaluatio
 
 - Prefix sharing: requests admitted with the same prompt (a GRPO group, an eval problem's k samples) prefill it
   once; the others copy its cache rows (`_admit`).
+- Tool calls (`tools=ToolConfig(...)`, format in r1kit/tools/python.py): a request whose text ends a `<code>`
+  cell pauses; the cell runs in the request's sandboxed interpreter on a worker thread while the other rows keep
+  decoding; its output is tokenized once, appended to the request's tokens (marked as not produced by the model)
+  and run into the same cache row, and decoding resumes (`_resume`). The model's own tokens are never
+  re-encoded from text, so a trainer sees exactly the ids that were sampled.
 
 Left out: paged attention, a prefix cache across finished requests and partial-prefix matching; CUDA graphs. For GPU-scale
 serving use the vLLM backend (`r1kit.generation.vllm_backend`) behind the same `generate` interface.
@@ -22,6 +27,7 @@ serving use the vLLM backend (`r1kit.generation.vllm_backend`) behind the same `
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import itertools
 from collections import deque
 from collections.abc import Iterator
@@ -41,6 +47,7 @@ from r1kit.generation.sampling import (
 )
 from r1kit.models.linear import PackedLinears
 from r1kit.reasoning import prompt_opens_think, split_reasoning
+from r1kit.tools.python import PythonSession, ToolCall, ToolConfig, code_of, render_output
 
 
 @dataclass
@@ -49,10 +56,18 @@ class Completion:
     reasoning: str
     answer: str
     token_ids: list[int]  # generated ids, EOS included when the model emitted it
-    logprobs: list[float]  # log-probability of each generated id under the temperature-scaled policy
+    logprobs: list[float]  # log-probability of each generated id under the temperature-scaled policy (0.0 for
+    # tool output)
     finish_reason: str  # "stop" (EOS or stop string) | "length" | "abort"
     prompt_tokens: int = 0
     prefilled_think: bool = False  # the prompt opened <think>: the reply starts inside the reasoning
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    model_mask: list[bool] | None = None  # per token id: True = sampled by the model, False = tool output;
+    # None: every token is the model's (no tool ran)
+
+    def model_token_mask(self) -> list[bool]:
+        """Which of `token_ids` the model produced (the tokens a trainer may optimize)."""
+        return list(self.model_mask) if self.model_mask is not None else [True] * len(self.token_ids)
 
 
 @dataclass(eq=False)  # identity: the engine looks requests up in its lists
@@ -71,6 +86,16 @@ class Request:
     _prefix: int = 0  # incremental detokenizer offsets into out_ids
     _read: int = 0
     _key: tuple[int, ...] | None = None  # the prompt ids as a dict key (prefix sharing)
+    model_mask: list[bool] = field(default_factory=list)  # per out_id: sampled (True) or tool output (False)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_code: str | None = None  # a finished cell waiting to be submitted
+    tool_future: cf.Future | None = None  # the running cell
+    session: PythonSession | None = None  # the reply's interpreter (tools only)
+
+    @property
+    def paused(self) -> bool:
+        """Waiting for a tool call: holds its cache row but is not decoded."""
+        return self.tool_code is not None or self.tool_future is not None
 
     @property
     def done(self) -> bool:
@@ -78,8 +103,10 @@ class Request:
 
     def completion(self) -> Completion:
         reasoning, answer = split_reasoning(self.text, self.prefilled_think)
+        mask = list(self.model_mask) if self.tool_calls else None
         return Completion(self.text, reasoning, answer, list(self.out_ids), list(self.logprobs),
-                          self.finish_reason or "abort", len(self.prompt_ids), self.prefilled_think)
+                          self.finish_reason or "abort", len(self.prompt_ids), self.prefilled_think,
+                          list(self.tool_calls), mask)
 
 
 @dataclass
@@ -108,8 +135,9 @@ class RowState:
 class Engine:
     def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_seq_len: int | None = None,
                  prefill_chunk: int = 512, matmul_dtype: torch.dtype | None = None, share_prefixes: bool = True,
-                 speculative: str | None = None):
-        """speculative: "mtp" drafts one token per step with the model's MTP head and verifies it with the main
+                 speculative: str | None = None, tools: ToolConfig | None = None):
+        """tools: the model may call the sandboxed Python interpreter (r1kit/tools/python.py) with these limits.
+        speculative: "mtp" drafts one token per step with the model's MTP head and verifies it with the main
         model in the same forward (see generation/speculative.py): up to 2 tokens per step, same distribution.
         share_prefixes: requests with identical prompt ids prefill once and copy its cache rows (see `_admit`).
         matmul_dtype: torch.bfloat16 runs an fp32 model's linear layers in bf16 on packed weights (mixed-
@@ -141,6 +169,10 @@ class Engine:
         self.drafted = self.accepted = 0  # speculative decoding: drafts verified and kept
         self._prefix_hidden: dict[object, torch.Tensor] = {}  # prompt -> (d,) last hidden, while held
         self._holders: dict[object, list[Request]] = {}  # prompt -> the running requests whose rows hold it
+        if tools is not None and self.speculative:
+            raise R1kitError("tool calls and speculative decoding cannot be combined yet")
+        self.tools = tools
+        self._tool_pool = cf.ThreadPoolExecutor(tools.workers, thread_name_prefix="r1kit-tool") if tools else None
 
     @property
     def device(self) -> torch.device:
@@ -197,15 +229,19 @@ class Engine:
                 self._cache_ready = True
             self._compact()
             with self._packed.active():  # bf16 on CPU: oneDNN-packed weights (models/linear.py)
+                resumed = self._resume() if self.tools else []
                 admitted = self._admit()
-                decoding = sorted((r for r in self.running if r not in admitted and not r.done),
+                decoding = sorted((r for r in self.running if r not in admitted and r not in resumed
+                                   and not r.done and not r.paused),
                                   key=lambda r: r.row)  # rows 0..n-1 after _compact: the cache is sliced
                 if decoding:
                     (self._decode_speculative if self.speculative else self._decode)(decoding)
         finally:
             if was_training:
                 self.model.train()
-        touched = admitted + decoding
+        touched = resumed + admitted + decoding
+        if self.tools:
+            self._submit_tool_calls(touched)
         for req in touched:
             if req.done:
                 self._release(req)
@@ -301,14 +337,21 @@ class Engine:
             self.model.copy_cache_rows(src.row, rows, len(src.prompt_ids))
 
     def _decode(self, reqs: list[Request]) -> None:
-        """One token for requests in rows 0..n-1 (`_compact` keeps them there), read from `self.rows`."""
+        """One token for each request, read from `self.rows`.
+
+        `_compact` keeps running requests in rows 0..n-1, so the cache is read as a slice; only while a tool call
+        holds a row below a decoding one are the rows gathered."""
         n = len(reqs)
-        assert [r.row for r in reqs] == list(range(n)), "decode expects rows 0..n-1"
         kv_len = max(len(r.prompt_ids) + len(r.out_ids) for r in reqs)  # from the host: no device sync
-        h = self.model.forward_cached(self.rows.token[:n, None], self.rows.pos[:n, None], kv_len=kv_len)
-        tokens = self._sample_and_append(reqs, self.model.lm_head(h[:, -1]), self.rows.sampling[:n])
-        self.rows.token[:n] = tokens
-        self.rows.pos[:n] += 1
+        if [r.row for r in reqs] == list(range(n)):
+            rows, cache_rows = slice(0, n), None
+        else:
+            rows = cache_rows = torch.tensor([r.row for r in reqs], device=self.device)
+        h = self.model.forward_cached(self.rows.token[rows, None], self.rows.pos[rows, None], kv_len=kv_len,
+                                      cache_rows=cache_rows)
+        tokens = self._sample_and_append(reqs, self.model.lm_head(h[:, -1]), self.rows.sampling[rows])
+        self.rows.token[rows] = tokens
+        self.rows.pos[rows] += 1
 
     def _sample_and_append(self, reqs: list[Request], logits: torch.Tensor,
                            sampling: SamplingTensors) -> torch.Tensor:
@@ -360,6 +403,7 @@ class Engine:
         """Append one sampled token to a request and apply the stop rules (host side)."""
         req.out_ids.append(tok)
         req.logprobs.append(lp)
+        req.model_mask.append(True)
         if tok in self.eos_ids and not req.params.ignore_eos:
             req.finish_reason = "stop"
         else:
@@ -367,12 +411,89 @@ class Engine:
             self._detokenize(req)
             if req.params.stop and self._hit_stop(req, checked):
                 req.finish_reason = "stop"
-            elif (len(req.out_ids) >= req.params.max_new_tokens
-                  or len(req.prompt_ids) + len(req.out_ids) >= self.max_seq_len):
+            elif self._room(req) <= 0:
                 req.finish_reason = "length"
+            elif self.tools and len(req.text) > checked:
+                req.tool_code = code_of(req.text)  # the text ends a cell: pause for the tool
         if req.done and not req.cut_at_stop:
             ids = req.out_ids[:-1] if req.finish_reason == "stop" else req.out_ids  # drop the EOS
             req.text = self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _room(self, req: Request) -> int:
+        """Tokens the request may still add (its own budget and the cache row's)."""
+        return min(req.params.max_new_tokens - len(req.out_ids),
+                   self.max_seq_len - len(req.prompt_ids) - len(req.out_ids))
+
+    # ---- tool calls -------------------------------------------------------------------------------------------
+
+    def _submit_tool_calls(self, reqs: list[Request]) -> None:
+        """Start the cells that finished this step; they run while the other rows decode."""
+        for req in reqs:
+            if req.tool_code is not None and not req.done:
+                if req.session is None:
+                    req.session = PythonSession(self.tools)
+                req.tool_future = self._tool_pool.submit(req.session.run, req.tool_code)
+                req.tool_code = None
+
+    def _resume(self) -> list[Request]:
+        """Append finished tool outputs as tokens, run them into their rows and sample the next token.
+
+        When every running request waits on a tool and none waits for a row, block until one call finishes
+        (nothing else could run)."""
+        pending = [r for r in self.running if r.tool_future is not None]
+        if not pending:
+            return []
+        if all(r.paused for r in self.running) and not (self.waiting and self.free_rows):
+            cf.wait([r.tool_future for r in pending], return_when=cf.FIRST_COMPLETED)
+        ready = [r for r in pending if r.tool_future.done()]
+        resumed, feeds = [], []
+        for req in ready:
+            call = req.tool_future.result()
+            req.tool_future = None
+            req.tool_calls.append(call)
+            ids = self.tokenizer(render_output(call, req.text), add_special_tokens=False).input_ids
+            last = len(req.prompt_ids) + len(req.out_ids) - 1  # the cell's last token is not in the cache yet
+            feed = [req.out_ids[-1]]
+            if len(ids) >= self._room(req):  # no room to answer after the output: stop here
+                ids = ids[: max(0, self._room(req))]
+                req.finish_reason = "length"
+            req.out_ids += ids
+            req.logprobs += [0.0] * len(ids)
+            req.model_mask += [False] * len(ids)
+            self._detokenize(req)
+            if req.done:
+                req.text = self.tokenizer.decode(req.out_ids, skip_special_tokens=True)
+                continue
+            resumed.append(req)
+            feeds.append((feed + ids, last))
+        if resumed:
+            hidden = self._extend(resumed, feeds)
+            rows = torch.tensor([r.row for r in resumed], device=self.device)
+            sampling = self.rows.sampling[rows]
+            tokens = self._sample_and_append(resumed, self.model.lm_head(hidden), sampling)
+            self.rows.token[rows] = tokens
+            self.rows.pos[rows] = torch.tensor([len(r.prompt_ids) + len(r.out_ids) - 1 for r in resumed],
+                                               device=self.device)
+        for req in ready:
+            if req.done:
+                self._release(req)
+        return resumed
+
+    def _extend(self, reqs: list[Request], feeds: list[tuple[list[int], int]]) -> torch.Tensor:
+        """Run each request's new tokens into its row from a start position; the hidden state at each last token.
+
+        feeds: (token ids, position of the first) per request. Right-padded like a prefill: padding lands in
+        slots past the row's end, which later tokens overwrite before anything attends to them."""
+        dev, T = self.device, max(len(ids) for ids, _ in feeds)
+        ids = torch.tensor([f + [self.pad_id] * (T - len(f)) for f, _ in feeds], device=dev)  # (B, T)
+        start = torch.tensor([s for _, s in feeds], device=dev)
+        pos = start[:, None] + torch.arange(T, device=dev)  # (B, T)
+        pos = pos.clamp(max=self.max_seq_len - 1)  # padding past the row's end writes the last slot, unattended
+        rows = torch.tensor([r.row for r in reqs], device=dev)
+        kv_len = max(s + len(f) for f, s in feeds)
+        h = self.model.forward_cached(ids, pos, kv_len=kv_len, cache_rows=rows)
+        last = torch.tensor([len(f) - 1 for f, _ in feeds], device=dev)
+        return h[torch.arange(len(reqs), device=dev), last]
 
     def _compact(self) -> None:
         """Move running requests into the lowest rows, so a decode step reads rows 0..n-1 of the cache as a slice.
@@ -391,6 +512,13 @@ class Engine:
             req.row = hole
 
     def _release(self, req: Request) -> None:
+        if req.session is not None:  # the reply's interpreter goes with it (after a call still running)
+            session, req.session = req.session, None
+            if req.tool_future is not None:
+                req.tool_future.add_done_callback(lambda _: session.close())
+            else:
+                session.close()
+        req.tool_code = None
         if req in self.running:
             self.running.remove(req)
             key = self._prefix_key(req)

@@ -4,6 +4,10 @@ It reads one JSON request line from stdin and either
 
 * ``mode == "stdio"``: runs the candidate program once per input, each run in a fresh forked child with the
   input on stdin, and answers one JSON line ``{"runs": [{"status", "stdout", "time"}, ...]}``; or
+* ``mode == "repl"``: a stateful interpreter (the model's Python tool): serves cells ``{"code"}`` one per line,
+  each run in one persistent namespace with its printed output captured (capped at ``output_bytes``) and the
+  value of a final bare expression echoed as a REPL does; answers ``{"ok", "output", "error"}`` per cell, where
+  ``error`` is the exception's last traceback line; or
 * ``mode == "call"``: executes the candidate module once, answers ``{"ok": true, "names": [...]}`` (its
   top-level callables), then serves call requests ``{"fn", "args", "kwargs"}`` one per line with
   ``{"ok": true, "value": ...}`` or ``{"ok": false, "exc": "ValueError", "kind": "error"}``.
@@ -205,6 +209,71 @@ def _serve_calls(req, inp, out):
         send(reply)
 
 
+class _CappedText:
+    """A write-only text stream that keeps the first `cap` characters and counts the rest."""
+
+    def __init__(self, cap):
+        self.cap, self.parts, self.size, self.dropped = cap, [], 0, 0
+
+    def write(self, text):
+        text = str(text)
+        keep = text[: max(0, self.cap - self.size)]
+        self.parts.append(keep)
+        self.size += len(keep)
+        self.dropped += len(text) - len(keep)
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def getvalue(self):
+        tail = f"\n... [{self.dropped} more characters]" if self.dropped else ""
+        return "".join(self.parts) + tail
+
+
+def _error_line(e):
+    """The last line of a traceback: `ZeroDivisionError: division by zero` (where in the cell is noise here)."""
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _run_cell(code, ns, cap):
+    import ast
+
+    out = _CappedText(cap)
+    sys.stdout = sys.stderr = out
+    error = None
+    try:
+        tree = ast.parse(code, "<cell>", "exec")
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        exec(compile(tree, "<cell>", "exec"), ns)  # noqa: S102 (the tool's purpose, inside the sandbox)
+        if last is not None:
+            value = eval(compile(ast.Expression(last.value), "<cell>", "eval"), ns)  # noqa: S307
+            if value is not None:
+                out.write(repr(value) + "\n")
+    except MemoryError:
+        error = "MemoryError: the interpreter's memory limit was reached"
+    except SystemExit:
+        error = "SystemExit: exit() is not available in the interpreter"
+    except BaseException as e:  # noqa: BLE001 (whatever the model's code raises goes back to the model)
+        error = _error_line(e)
+    finally:
+        sys.stdout = sys.stderr = sys.__stdout__
+    return {"ok": error is None, "output": out.getvalue(), "error": error}
+
+
+def _serve_repl(req, inp, out):
+    """Repl mode: one namespace for the whole session (a reply's tool calls share variables)."""
+    _set_limits(req)
+    ns = {"__name__": "__main__", "__builtins__": __builtins__}
+    # The parent waits for this before sending cells: stdin's buffer may have read past the request line.
+    os.write(out, b'{"ready": true}\n')
+    reader = os.fdopen(inp, "r")
+    for line in reader:
+        reply = _run_cell(json.loads(line)["code"], ns, int(req["output_bytes"]))
+        os.write(out, (json.dumps(reply) + "\n").encode())
+
+
 def main():
     sys.set_int_max_str_digits(0)
     req = json.loads(sys.stdin.buffer.readline())
@@ -216,7 +285,7 @@ def main():
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    _serve_calls(req, inp, out)
+    (_serve_repl if req["mode"] == "repl" else _serve_calls)(req, inp, out)
 
 
 if __name__ == "__main__":

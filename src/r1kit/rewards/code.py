@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from r1kit.errors import R1kitError
 from r1kit.rewards._sandbox_runner import decode, encode
-from r1kit.rewards.sandbox import Limits, SandboxDied, SandboxProcess, SandboxTimeout, detect_isolation
+from r1kit.rewards.sandbox import Limits, SandboxDied, SandboxProcess, SandboxTimeout, process_limit
 
 VERDICTS = ("accepted", "wrong_answer", "time_limit", "memory_limit", "runtime_error", "sandbox_error")
 _STARTUP_S = 10.0  # grace for launching the sandbox and importing the candidate module
@@ -53,18 +53,12 @@ class TestReport:
         return self.passed / self.total if self.total else 0.0
 
 
-def _nproc(limits: Limits) -> int:
-    iso = detect_isolation()
-    # A shared uid outside a user namespace would make honest parallel runs fail with "Can't fork".
-    return limits.nproc if iso.kind == "bwrap" or iso.drop_uid else 1 << 15
-
-
 def _request(mode: str, code: str, limits: Limits, **extra) -> dict:
     # The CPU limit is a backstop one second past the wall-clock limit: a busy loop on an idle machine would
     # otherwise die of SIGXCPU (read as a crash) just before the parent's deadline reports time_limit.
     return {"mode": mode, "code": code, "timeout": limits.timeout, "cpu_s": limits.timeout + 1.0,
             "memory_mb": limits.memory_mb, "file_bytes": limits.file_bytes,
-            "output_bytes": limits.output_bytes, "nproc": _nproc(limits), **extra}
+            "output_bytes": limits.output_bytes, "nproc": process_limit(limits), **extra}
 
 
 # ---------------------------------------------------------------- stdin/stdout

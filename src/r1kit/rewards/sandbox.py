@@ -144,6 +144,13 @@ def sandbox_info() -> dict:
     }
 
 
+def process_limit(limits: Limits) -> int:
+    """RLIMIT_NPROC for a run: the limit under bwrap or a per-slot uid, else effectively none."""
+    iso = detect_isolation()
+    # A shared uid outside a user namespace would make honest parallel runs fail with "Can't fork".
+    return limits.nproc if iso.kind == "bwrap" or iso.drop_uid else 1 << 15
+
+
 def _launch_argv(iso: Isolation, slot: int, limits: Limits, workdir: str | None = None) -> list[str]:
     """argv up to and including the interpreter; the caller appends the interpreter's arguments."""
     argv: list[str] = []
