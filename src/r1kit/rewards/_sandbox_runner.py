@@ -248,7 +248,7 @@ def _run_cell(code, ns, cap):
         last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
         exec(compile(tree, "<cell>", "exec"), ns)  # noqa: S102 (the tool's purpose, inside the sandbox)
         if last is not None:
-            value = eval(compile(ast.Expression(last.value), "<cell>", "eval"), ns)  # noqa: S307
+            value = eval(compile(ast.Expression(last.value), "<cell>", "eval"), ns)
             if value is not None:
                 out.write(repr(value) + "\n")
     except MemoryError:
