@@ -138,6 +138,8 @@ def test_train_and_test_splits_are_disjoint(name, level):
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_short_plain_ascii_at_low_levels(name):
     printable = set(string.printable) - set("\t\n\r\x0b\x0c")
+    if name.endswith("_tool"):
+        printable.add("\n")  # tool cells and their output are on lines of their own
     for level in (1, 2):
         for ex in make_task_set(name, 200, level=level, seed=7, unique=False):
             text = ex["question"] + ex["solution"] + ex["answer"]
@@ -167,3 +169,25 @@ def test_bad_arguments_and_exhausted_space():
         make_task_set("addition", 60, level=1, split="test")
     repeated = make_task_set("addition", 60, level=1, split="test", unique=False)
     assert len(repeated) == 60 and len({e["question"] for e in repeated}) < 60
+
+
+def test_multiplication_partial_products_and_the_tool_variant():
+    from r1kit.data.tasks import multiplication_steps
+
+    assert multiplication_steps(482, 37) == ["482*7=3374.", "482*30=14460.", "3374+14460=17834."]
+    assert multiplication_steps(512, 40) == ["512*40=20480."]  # a zero digit adds no partial product
+    [plain] = make_task_set("multiplication", 1, level=2, seed=3)
+    a, b = map(int, plain["question"].removeprefix("What is ").removesuffix("?").split("*"))
+    assert (len(str(a)), len(str(b))) == (3, 2) and plain["answer"] == str(a * b)
+    [tool] = make_task_set("multiplication_tool", 1, level=3, seed=3)
+    a, b = map(int, tool["question"].removeprefix("What is ").removesuffix("?").split("*"))
+    assert tool["solution"] == (f"<code>\nprint({a}*{b})\n</code>\n<interpreter>\n{a * b}\n</interpreter>\n"
+                                f"So {a * b}.")
+
+
+def test_the_tool_variant_shares_the_plain_tasks_splits():
+    """Training on multiplication_tool never sees a held-out multiplication question."""
+    test = {ex["question"] for ex in make_task_set("multiplication", 300, level=2, split="test")}
+    train_tool = {ex["question"] for ex in make_task_set("multiplication_tool", 3000, level=2, split="train")}
+    test_tool = {ex["question"] for ex in make_task_set("multiplication_tool", 300, level=2, split="test")}
+    assert not test & train_tool and test & test_tool

@@ -203,3 +203,50 @@ def test_completion_logps_mask_left_padding():
         batch, _ = completion_logps(model, ids, attn, P, temperature=0.7)
         alone, _ = completion_logps(model, torch.tensor([[1, 9, 13, 14]]), torch.ones(1, 4, dtype=torch.long), 2, 0.7)
     assert torch.allclose(batch[1, :2], alone[0], atol=1e-5)
+
+
+def test_tool_output_tokens_are_attended_but_get_no_gradient():
+    """A rollout whose replies hold tool output (model_mask False): the trainer scores the exact sampled ids, and
+    its step gradient equals the hand-written GRPO gradient over the model's tokens only,
+    -1/B sum_i A_i / |M_i| sum_{t in M_i} grad log p(y_t | prompt, y_<t) (on-policy ratio 1, beta 0), with the tool
+    tokens still in every later token's context."""
+    from types import SimpleNamespace
+
+    import r1kit
+    from r1kit.generation import Completion
+    from r1kit.training.grpo import Rollout, policy_update
+
+    g = torch.Generator().manual_seed(1)
+    masks = [[True, True, False, False, False, True, True], [True] * 4, [True, False, False, True, True, True]]
+    prompts = [[1, 5, 6], [1, 5, 6], [1, 9]]
+    completions = []
+    for m in masks:
+        ids = torch.randint(3, 40, (len(m),), generator=g).tolist()
+        completions.append(Completion("", "", "", ids, [0.0 if not k else -1.0 for k in m], "stop", model_mask=m))
+    ids, _, cmask, P = pack(prompts, [c.token_ids for c in completions], 0,
+                            [c.model_token_mask() for c in completions])
+    for i, c in enumerate(completions):  # the trainer's rows are the sampled ids, tool output included
+        assert ids[i, P - len(prompts[i]):P + len(c.token_ids)].tolist() == prompts[i] + c.token_ids
+        assert cmask[i, : len(c.token_ids)].tolist() == [float(k) for k in masks[i]]
+    rewards = torch.tensor([1.0, 0.0, 0.5])
+    r = Rollout([{}] * 3, prompts, completions, rewards, rewards, {}, 0.0)
+    model = r1kit.load_model("toy-dense", seed=0).train()
+    run = SimpleNamespace(model=model, optimizer=_GradRecorder(model), scheduler=SimpleNamespace(step=lambda: 0))
+    cfg = load_config(GRPOConfig, overrides={"model": "toy-dense", "num_generations": 3, "max_new_tokens": 8,
+                                             "micro_batch_size": 2, "optim": {"max_grad_norm": 1e9}})
+    policy_update(run, cfg, r, None, cfg.loss)
+    got = run.optimizer.steps[0]
+
+    adv = (rewards - rewards.mean()) / (rewards.std() + 1e-4)  # one group of 3
+    model.zero_grad(set_to_none=True)
+    loss = 0.0
+    for i, c in enumerate(completions):
+        seq = torch.tensor([prompts[i] + c.token_ids])
+        logp = model(seq)[0, len(prompts[i]) - 1:-1].log_softmax(-1)  # predicts each completion token
+        tok_logp = logp.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
+        kept = torch.tensor(masks[i])
+        loss = loss - adv[i] * tok_logp[kept].sum() / kept.sum() / len(completions)
+    loss.backward()
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(got[name], p.grad, rtol=1e-4, atol=1e-7, msg=name)

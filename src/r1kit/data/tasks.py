@@ -11,7 +11,9 @@ symmetries that keep the answer: `23+58` and `58+23` share a key) and a stable h
 instance in exactly one split, so held-out accuracy never measures memorised training questions.
 
 Questions and solutions are short plain ASCII (a character-level toy model with a 256-512 token context
-trains on them): at levels 1-2 question + solution + answer stay under 200 characters.
+trains on them): at levels 1-2 question + solution + answer stay under 200 characters. A `_tool` variant
+(multiplication_tool) asks its family's questions and solves them with a Python tool call (r1kit/tools/python.py
+format; the cell and its output on lines of their own); it shares the family's train/test split.
 Left out: division (answers stay integers), natural-language word problems, multiple-choice and code tasks
 (load those from files with `r1kit.data.loaders`).
 """
@@ -40,6 +42,7 @@ class Task:
     description: str
     sample: Callable[[random.Random, int], dict[str, Any]]
     key: Callable[[dict[str, Any]], str]  # canonical key: instances with equal keys share a split
+    family: str | None = None  # tasks asking the same questions share splits (train on one, test on the other)
 
 
 # --- addition ------------------------------------------------------------------------------------------
@@ -75,6 +78,47 @@ def _sample_addition(rng: random.Random, level: int) -> dict[str, Any]:
 def _key_addition(ex: dict[str, Any]) -> str:
     a, b = ex["question"].removeprefix("What is ").removesuffix("?").split("+")
     return "+".join(sorted((a, b)))
+
+
+# --- multiplication (with and without the Python tool) ---------------------------------------------------
+
+
+def _multiplication_operands(rng: random.Random, level: int) -> tuple[int, int]:
+    """A (level + 1)-digit number times a level-digit one: 3x2 digits at level 2, 6x5 at level 5."""
+    return _operand(rng, level + 1), _operand(rng, level)
+
+
+def multiplication_steps(a: int, b: int) -> list[str]:
+    """Partial products by b's digits, then their sum: 482*37 -> ["482*7=3374.", "482*30=14460.",
+    "3374+14460=17834."]. Each product of a multi-digit number is one step: a small model cannot do it in its
+    head, which is the point of the tool variant."""
+    parts = [(a * int(d) * 10**i, f"{a}*{int(d) * 10**i}") for i, d in enumerate(reversed(str(b))) if d != "0"]
+    steps = [f"{expr}={value}." for value, expr in parts]
+    if len(parts) > 1:
+        steps.append("+".join(str(v) for v, _ in parts) + f"={a * b}.")
+    return steps
+
+
+def tool_cell(code: str, output: str) -> str:
+    """A Python tool call and its output as they appear in a reply (the format of r1kit/tools/python.py)."""
+    return f"<code>\n{code}\n</code>\n<interpreter>\n{output}\n</interpreter>\n"
+
+
+def _sample_multiplication(rng: random.Random, level: int) -> dict[str, Any]:
+    a, b = _multiplication_operands(rng, level)
+    return {"question": f"What is {a}*{b}?", "answer": str(a * b),
+            "solution": _conclude(multiplication_steps(a, b), a * b)}
+
+
+def _sample_multiplication_tool(rng: random.Random, level: int) -> dict[str, Any]:
+    """The same questions, solved by calling the Python tool: the solution is a cell, its output, the answer."""
+    a, b = _multiplication_operands(rng, level)
+    return {"question": f"What is {a}*{b}?", "answer": str(a * b),
+            "solution": tool_cell(f"print({a}*{b})", str(a * b)) + f"So {a * b}."}
+
+
+def _key_multiplication(ex: dict[str, Any]) -> str:
+    return ex["question"]  # a*b and b*a differ in their digit counts: no symmetry to fold
 
 
 # --- multistep -----------------------------------------------------------------------------------------
@@ -259,6 +303,10 @@ TASKS: dict[str, Task] = {
     t.name: t
     for t in (
         Task("addition", "addition with carries; level = digits", _sample_addition, _key_addition),
+        Task("multiplication", "(level+1)-digit times level-digit, by partial products",
+             _sample_multiplication, _key_multiplication),
+        Task("multiplication_tool", "multiplication's questions, solved with the Python tool",
+             _sample_multiplication_tool, _key_multiplication, family="multiplication"),
         Task("multistep", "+ - * with precedence; level+1 ops", _sample_multistep, _key_question),
         Task("countdown", "reach a target with + - *", _sample_countdown, _key_countdown),
         Task("linear", "solve a*x + b = c for integer x", _sample_linear, _key_question),
@@ -291,7 +339,7 @@ def sample_example(task: Task, rng: random.Random, level: int, split: str) -> di
     """Draw instances of `task` until one falls in `split`; return it as a full example dict."""
     while True:
         fields = task.sample(rng, level)
-        if split_of(task.name, task.key(fields)) == split:
+        if split_of(task.family or task.name, task.key(fields)) == split:
             break
     digest = hashlib.sha256(f"{task.name}|{fields['question']}".encode()).hexdigest()[:12]
     return {"id": f"{task.name}-{digest}", "task": task.name, "level": level, **fields}

@@ -171,3 +171,16 @@ class PythonSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def tool_stats(calls_per_reply: list[list[ToolCall]], correct: list[float]) -> dict[str, float | None]:
+    """Tool use of a set of replies: calls per reply, the error rate of calls, accuracy with and without a call."""
+    n_calls = sum(len(c) for c in calls_per_reply)
+    used = [ok for calls, ok in zip(calls_per_reply, correct) if calls]
+    unused = [ok for calls, ok in zip(calls_per_reply, correct) if not calls]
+    return {
+        "tool_calls_per_reply": n_calls / max(len(calls_per_reply), 1),
+        "tool_error_rate": sum(c.error is not None for cs in calls_per_reply for c in cs) / n_calls if n_calls else None,
+        "accuracy_with_tool": sum(used) / len(used) if used else None,
+        "accuracy_without_tool": sum(unused) / len(unused) if unused else None,
+    }

@@ -39,6 +39,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from r1kit.config import configclass
 from r1kit.errors import ConfigError
+from r1kit.tools.python import ToolConfig, tool_stats
 from r1kit.training.loop import OptimConfig, RunConfig
 from r1kit.training.losses import GRPOLossConfig
 from r1kit.training.tasks import TaskData
@@ -74,6 +75,9 @@ class GRPOConfig:
     dynamic_sampling_metric: Literal["accuracy", "reward"] = "accuracy"
     max_resample_rounds: NonNegativeInt = 3
     micro_batch_size: PositiveInt = 16
+    # the model may call a sandboxed Python interpreter while it reasons (r1kit/tools/python.py); tool output is
+    # in the completion's tokens but never in the loss, the KL or the entropy
+    tools: ToolConfig | None = None
     # evaluation and logging
     eval_every: NonNegativeInt = 0  # greedy held-out accuracy every N steps (and before the first step); 0 = off
     eval_size: PositiveInt = 100
@@ -82,6 +86,8 @@ class GRPOConfig:
     def __post_init__(self):
         from r1kit.rewards import REWARDS
 
+        if self.tools is not None and self.rollout_backend == "vllm":
+            raise ConfigError("tools: the Python tool runs in r1kit's engine only (rollout_backend: r1kit)")
         unknown = [r for r in self.rewards if r not in REWARDS]
         if unknown:
             raise ConfigError(f"rewards: unknown reward {unknown[0]!r} (known: {', '.join(sorted(REWARDS))})")
@@ -213,8 +219,12 @@ def collect(engine, train: list[dict], cfg: GRPOConfig, step: int) -> tuple[Roll
 
 # ---- the policy update -----------------------------------------------------------------------------------
 
-def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int):
-    """Left-pad prompts to P, right-pad completions to C: ids/attention (B, P+C), completion mask (B, C)."""
+def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
+         model_masks: list[list[bool]] | None = None):
+    """Left-pad prompts to P, right-pad completions to C: ids/attention (B, P+C), completion mask (B, C).
+
+    model_masks: per completion token, whether the model sampled it; tool output (False) is attended to but
+    out of the completion mask, so no loss, KL or entropy term sees it."""
     P, C = max(map(len, prompt_ids)), max(1, max(map(len, completion_ids)))
     B = len(prompt_ids)
     ids = torch.full((B, P + C), pad_id, dtype=torch.long)
@@ -224,7 +234,7 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: i
         ids[i, P - len(p):P] = torch.tensor(p)
         ids[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
         attn[i, P - len(p):P + len(c)] = 1
-        cmask[i, : len(c)] = 1
+        cmask[i, : len(c)] = 1 if model_masks is None else torch.tensor(model_masks[i], dtype=torch.float)
     return ids, attn, cmask, P
 
 
@@ -270,7 +280,8 @@ def policy_update(run, cfg: GRPOConfig, r: Rollout, ref_model, loss_cfg) -> dict
     model, topo = run.model, getattr(run, "topo", None) or Topology()  # (one process when `run` carries none)
     dev = next(model.parameters()).device
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    ids, attn, cmask, P = pack(r.prompt_ids, [c.token_ids for c in r.completions], pad)
+    ids, attn, cmask, P = pack(r.prompt_ids, [c.token_ids for c in r.completions], pad,
+                               [c.model_token_mask() for c in r.completions])
     if cfg.mask_truncated:
         cmask[[i for i, c in enumerate(r.completions) if c.finish_reason == "length"]] = 0
     rollout_logps = torch.zeros_like(cmask)
@@ -360,7 +371,7 @@ def train(cfg: GRPOConfig) -> dict:
     else:
         def make_engine(model):
             return Engine(model, run.tokenizer, max_batch_size=batch, max_seq_len=max_seq_len,
-                          matmul_dtype=torch.bfloat16 if cfg.rollout_dtype == "bfloat16" else None)
+                          matmul_dtype=torch.bfloat16 if cfg.rollout_dtype == "bfloat16" else None, tools=cfg.tools)
 
         # under torchrun: an unsharded copy refreshed after every step, seeded as in one process
         engine = RankEngine(make_engine, run.model, topo, topo.rank * batch) if topo.distributed else \
@@ -385,7 +396,8 @@ def train(cfg: GRPOConfig) -> dict:
             elif topo.distributed:
                 engine.refresh()
             ranks = all_gather_objects((r.rewards, r.correct, r.per_reward, r.seconds,
-                                        [(len(c.token_ids), c.finish_reason) for c in r.completions]), topo)
+                                        [(len(c.token_ids), c.finish_reason) for c in r.completions],
+                                        [c.tool_calls for c in r.completions]), topo)
             rewards, correct = torch.cat([x[0] for x in ranks]), torch.cat([x[1] for x in ranks])
             per_reward = {k: [v for x in ranks for v in x[2][k]] for k in r.per_reward}
             done = [c for x in ranks for c in x[4]]
@@ -396,6 +408,7 @@ def train(cfg: GRPOConfig) -> dict:
                 **rollout_metrics(rewards, correct, per_reward, lengths, [reason for _, reason in done],
                                   max(x[3] for x in ranks)),
                 "frac_zero_std": frac_zero_std, **metrics, "lr": run.scheduler.get_last_lr()[0],
+                **(tool_stats([c for x in ranks for c in x[5]], correct.tolist()) if cfg.tools else {}),
                 "step_s": time.perf_counter() - t0,
             }
             if cfg.eval_every and step % cfg.eval_every == 0:

@@ -55,6 +55,8 @@ class PPOConfig(GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.tools is not None:
+            raise ConfigError("tools: PPO runs without the Python tool for now (GRPO trains with it)")
         if self.scale_rewards != "group":
             raise ConfigError("scale_rewards: GRPO's group scaling has no meaning in PPO (use whiten_advantages)")
 
