@@ -5,7 +5,8 @@ rebuilds the tokenizer and chat template from the GGUF metadata), 'smollm2-135m'
 r1kit's character-level tokenizer with an R1-style chat template:
 - the generation prompt ends in `<think>\\n`, so the reply starts inside the reasoning block (as R1's does);
 - an assistant turn renders `<think>\\n{reasoning}\\n</think>\\n{content}` when it is the last turn and carries a
-  `reasoning` field (SFT targets); earlier turns keep only their answer, as R1's template drops old reasoning.
+  `reasoning` field (SFT targets); earlier turns keep only their answer, as R1's template drops old reasoning;
+- `tools`, assistant `tool_calls` and `tool` messages render in the Hermes/Qwen2.5 format (r1kit.tools.functions).
 """
 
 from __future__ import annotations
@@ -22,14 +23,37 @@ TOY_CHARS = ["\n", "\t"] + [chr(c) for c in range(32, 127)]
 
 R1_STYLE_TEMPLATE = (
     "{{ bos_token }}"
+    # transformers renders with trim_blocks (a newline right after a tag is dropped): such newlines are {{ '\\n' }}
+    # tools (OpenAI format) in Qwen2.5's words, after the system text; r1kit.tools.functions writes the same text
+    "{% if tools %}<|system|>"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n\n{% endif %}"
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+    "{% for tool in tools %}{{ '\\n' }}{{ tool | tojson }}{% endfor %}"
+    "{{ '\\n' }}</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\n<tool_call>\n"
+    "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>"
+    "{% endif %}"
     "{% for m in messages %}"
-    "{% if m['role'] == 'system' %}<|system|>{{ m['content'] }}"
+    "{% if m['role'] == 'system' %}{% if not (tools and loop.first) %}<|system|>{{ m['content'] }}{% endif %}"
     "{% elif m['role'] == 'user' %}<|user|>{{ m['content'] }}"
     "{% elif m['role'] == 'assistant' %}<|assistant|>"
-    "{% set content = m['content'] %}"
+    "{% set content = m['content'] or '' %}"
     "{% if '</think>' in content %}{% set content = content.split('</think>')[-1].lstrip() %}{% endif %}"
     "{% if loop.last and m.get('reasoning') %}<think>\n{{ m['reasoning'] }}\n</think>\n{% endif %}"
-    "{{ content }}{{ eos_token }}"
+    "{{ content }}"
+    "{% for call in m.get('tool_calls') or [] %}"
+    "{% set f = call['function'] %}"
+    "{% if content or not loop.first %}{{ '\\n' }}{% endif %}"
+    "<tool_call>\n{\"name\": \"{{ f['name'] }}\", \"arguments\": "
+    "{% if f['arguments'] is string %}{{ f['arguments'] }}{% else %}{{ f['arguments'] | tojson }}{% endif %}"
+    "}\n</tool_call>"
+    "{% endfor %}"
+    "{{ eos_token }}"
+    # tool results: a user turn of <tool_response> blocks, one turn per run of tool messages (as Qwen2.5)
+    "{% elif m['role'] == 'tool' %}"
+    "{% if loop.first or loop.previtem['role'] != 'tool' %}<|user|>{% else %}{{ '\\n' }}{% endif %}"
+    "<tool_response>\n{{ m['content'] }}\n</tool_response>"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}"
@@ -78,8 +102,12 @@ def load_tokenizer(src: str | os.PathLike):
     return AutoTokenizer.from_pretrained(str(source))
 
 
-def apply_chat_template(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """Render chat messages to a prompt string with the tokenizer's template."""
+def apply_chat_template(tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                        tools: list[dict] | None = None) -> str:
+    """Render chat messages to a prompt string with the tokenizer's template; `tools` (OpenAI format) go to templates
+    that read them (r1kit.tools.functions.render_chat renders them for any template)."""
     if not getattr(tokenizer, "chat_template", None):
         raise CheckpointError("this tokenizer has no chat template; pass already-templated prompt strings")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    extra = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **extra)

@@ -95,3 +95,50 @@ def scripted_engine(delay_s: float = 0.0, max_batch_size: int = 4, max_seq_len: 
     tok = toy_tokenizer()
     model = ScriptedModel(tok, chain(REPLY) + LOOP, delay_s=delay_s, max_seq_len=max_seq_len)
     return Engine(model, tok, max_batch_size=max_batch_size, max_seq_len=max_seq_len)
+
+
+class ReplayModel(torch.nn.Module):
+    """A fake model for the Engine that answers every prompt with a scripted text: `reply(prompt_text)` picks it
+    once the prompt is prefilled, so a conversation's turns can differ. The prompts it saw are kept in `prompts`
+    (as rendered by the chat template), to compare with hand-written ones.
+
+    It has no cache: position p of a prompt of L tokens emits reply token p + 1 - L (EOS past the end), which the
+    engine's prefill (last position) and decode steps (positions L, L + 1, ...) read in order. It serves one
+    request at a time (engine max_batch_size=1), since it remembers only the latest prompt, and needs the whole
+    prompt in one prefill chunk.
+    """
+
+    def __init__(self, tokenizer, reply, max_seq_len: int = 2048):
+        super().__init__()
+        vocab = len(tokenizer)
+        self.tokenizer, self.reply, self.eos = tokenizer, reply, tokenizer.eos_token_id
+        self.config = _Config(dim=vocab, max_seq_len=max_seq_len, eos_token_id=[self.eos])
+        self.embed_tokens = torch.nn.Embedding(vocab, 1)
+        self.lm_head = torch.nn.Linear(vocab, vocab, bias=False)
+        self.lm_head.weight.data = 100.0 * torch.eye(vocab)  # the hidden state is the one-hot next token
+        self.prompts: list[str] = []
+        self._prompt_ids: list[int] = []
+        self._reply_ids: list[int] = []
+
+    def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
+        pass
+
+    def copy_cache_rows(self, src: int, dst, length: int) -> None:
+        pass
+
+    def forward_cached(self, input_ids, cache_pos, *, kv_len, cache_rows=None):
+        assert input_ids.shape[0] == 1, "ReplayModel serves one request at a time"
+        if cache_rows is not None:  # the prefill: the prompt picks the reply
+            assert int(cache_pos[0, 0]) == 0, "the prompt must fit in one prefill chunk"
+            self._prompt_ids = input_ids[0].tolist()
+            self.prompts.append(self.tokenizer.decode(self._prompt_ids))
+            self._reply_ids = self.tokenizer(self.reply(self.prompts[-1]), add_special_tokens=False).input_ids
+        step = cache_pos[0] + 1 - len(self._prompt_ids)  # (T,) the reply token each position emits
+        script = torch.tensor(self._reply_ids + [self.eos])
+        nxt = script[step.clamp(0, len(script) - 1)].where(step < len(script), torch.tensor(self.eos))
+        return torch.nn.functional.one_hot(nxt, self.config.dim).float()[None]  # (1, T, V)
+
+
+def replay_engine(reply) -> Engine:
+    tok = toy_tokenizer()
+    return Engine(ReplayModel(tok, reply), tok, max_batch_size=1, max_seq_len=2048, prefill_chunk=2048)

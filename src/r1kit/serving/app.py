@@ -4,13 +4,19 @@ Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/comp
 - Chat replies carry the think block as `reasoning_content` and the answer as `content`; streamed, the
   `reasoning_content` deltas come first, then `content`, then `data: [DONE]`. Earlier assistant turns are sent to
   the template without their reasoning (any `<think>...</think>` is cut; a `reasoning_content` field is ignored).
+- Function calling (`tools`, `tool_choice` "auto"/"none", `role: tool` messages, assistant `tool_calls`): the
+  tools are rendered into the prompt in the Hermes/Qwen2.5 format (natively when the chat template reads `tools`,
+  else by r1kit.tools.functions into plain messages), and well-formed `<tool_call>` blocks of the answer come back
+  as `tool_calls` with finish_reason "tool_calls". Streamed, a call is sent when its block closes: one delta with
+  its index, id, type and name, then one with its arguments; content that may begin a block is held back until
+  it is known. A malformed call stays content.
 - Every error is an OpenAI-style body {"error": {"message", "type", "param", "code"}}: 400 bad JSON or
   parameters, a prompt longer than the context or a max_tokens beyond what the context leaves after it, 401 wrong
   or missing API key (when one is set), 404 unknown model or route, 429 server full, 500 engine failure.
 - A client that disconnects (streamed or not) aborts its requests before the next decode step, freeing their
   engine rows.
 
-Left out: tools, logprobs, embeddings, multiple models per server, TLS (put a proxy in front).
+Left out: server-side tools (the engine's Python interpreter), logprobs, embeddings, multiple models per server, TLS (put a proxy in front).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from r1kit.generation import Completion, Engine, SamplingParams, split_reasoning
 from r1kit.reasoning import ReasoningStream
 from r1kit.serving import protocol as P
 from r1kit.serving.scheduler import EngineWorker, QueueFull, Ticket, Update
+from r1kit.tools.functions import FunctionCall, ToolCallStream, render_chat
 
 _GONE = object()  # put on a request's update queue when its client disconnects
 
@@ -72,9 +79,12 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: P.ChatCompletionRequest, request: Request):
         _check_request(body, config)
-        ids, prefilled = _encode(engine, render_messages(body.messages), param="messages")
+        tools = body.offered_tools()
+        prompt = _render(engine, render_messages(body.messages), tools)
+        ids, prefilled = _encode(engine, prompt, param="messages")
         jobs = [(ids, prefilled, _params(body, i, engine, ids)) for i in range(body.n)]
-        return await _serve(request, worker, jobs, len(ids), _ChatFormat(config.model_name), body)
+        tool_names = {t["function"]["name"] for t in tools} if tools else None
+        return await _serve(request, worker, jobs, len(ids), _ChatFormat(config.model_name, tool_names), body)
 
     @app.post("/v1/completions")
     async def completions(body: P.CompletionRequest, request: Request):
@@ -91,14 +101,40 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 # ---- request preparation ------------------------------------------------------------------------------------------
 
 def render_messages(messages: list[P.ChatMessage]) -> list[dict]:
-    """Messages as the chat template wants them; assistant turns keep only their answer, as R1 templates do."""
+    """Messages as chat templates want them (transformers' format): assistant turns keep only their answer, as R1
+    templates do, and their tool calls carry arguments as objects (templates serialize them with `tojson`)."""
     out = []
     for m in messages:
         text = m.text()
         if m.role == "assistant":
             text = split_reasoning(text)[1]
-        out.append({"role": "system" if m.role == "developer" else m.role, "content": text})
+        message = {"role": "system" if m.role == "developer" else m.role, "content": text}
+        if m.role == "assistant" and m.tool_calls:
+            message["tool_calls"] = [{"id": c.id, "type": "function",
+                                      "function": {"name": c.function.name, "arguments": _arguments(c)}}
+                                     for c in m.tool_calls]
+        if m.role == "tool":
+            message["tool_call_id"] = m.tool_call_id
+        out.append(message)
     return out
+
+
+def _arguments(call: P.AssistantToolCall) -> dict | str:
+    """A call's arguments as an object; a string that is not a JSON object is passed on verbatim."""
+    try:
+        args = json.loads(call.function.arguments)
+    except ValueError:
+        return call.function.arguments
+    return args if isinstance(args, dict) else call.function.arguments
+
+
+def _render(engine: Engine, messages: list[dict], tools: list[dict] | None) -> str:
+    from jinja2 import TemplateError
+
+    try:
+        return render_chat(engine.tokenizer, messages, tools)
+    except (R1kitError, TemplateError) as e:  # no template, or one that refuses these messages (role order, ...)
+        raise P.ApiError(400, f"the chat template cannot render these messages: {e}", param="messages") from e
 
 
 def _check_request(body: P._GenerationRequest, config: ServerConfig) -> None:
@@ -198,34 +234,58 @@ def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
+@dataclass
+class _ChatStream:
+    """Where one streamed choice is: the reasoning split, then (with tools) the calls split of its answer."""
+
+    split: ReasoningStream
+    calls: ToolCallStream | None
+    sent_calls: int = 0
+
+
 class _ChatFormat:
-    """Chat replies: reasoning_content then content deltas, split as they stream."""
+    """Chat replies: reasoning_content then content (and tool_calls) deltas, split as they stream."""
 
     id_prefix, chunk_object = "chatcmpl", "chat.completion.chunk"
 
-    def __init__(self, model: str):
-        self.model = model
+    def __init__(self, model: str, tool_names: set[str] | None = None):
+        self.model, self.tool_names = model, tool_names
 
-    def start(self, prefilled: bool) -> ReasoningStream:
-        return ReasoningStream(prefilled)
+    def start(self, prefilled: bool) -> _ChatStream:
+        return _ChatStream(ReasoningStream(prefilled), ToolCallStream(self.tool_names) if self.tool_names else None)
 
     def opening(self, rid: str, i: int) -> list[dict]:
         return [P.chat_chunk(rid, self.model, i, {"role": "assistant", "content": ""})]
 
-    def delta(self, rid: str, i: int, split: ReasoningStream, update: Update) -> list[dict]:
-        parts = [split.feed(update.text)] + ([split.finish()] if update.completion is not None else [])
+    def delta(self, rid: str, i: int, state: _ChatStream, update: Update) -> list[dict]:
+        done = update.completion is not None
+        parts = [state.split.feed(update.text)] + ([state.split.finish()] if done else [])
         chunks = []
         for reasoning, content in parts:
             if reasoning:
                 chunks.append(P.chat_chunk(rid, self.model, i, {"reasoning_content": reasoning}))
-            if content:
-                chunks.append(P.chat_chunk(rid, self.model, i, {"content": content}))
-        if update.completion is not None:
-            chunks.append(P.chat_chunk(rid, self.model, i, {}, update.completion.finish_reason))
+            answer = [content] if state.calls is None else state.calls.feed(content)
+            for piece in answer:
+                chunks += self._answer_chunks(rid, i, state, piece)
+        if done:
+            for piece in state.calls.finish() if state.calls is not None else []:
+                chunks += self._answer_chunks(rid, i, state, piece)
+            reason = P.finish_reason(update.completion, state.sent_calls > 0)
+            chunks.append(P.chat_chunk(rid, self.model, i, {}, reason))
         return chunks
 
+    def _answer_chunks(self, rid: str, i: int, state: _ChatStream, piece: str | FunctionCall) -> list[dict]:
+        if isinstance(piece, str):
+            return [P.chat_chunk(rid, self.model, i, {"content": piece})] if piece else []
+        # as OpenAI streams a call: index, id, type and name first, then the arguments
+        index, state.sent_calls = state.sent_calls, state.sent_calls + 1
+        head = {"index": index, "id": piece.id, "type": "function", "function": {"name": piece.name, "arguments": ""}}
+        args = {"index": index, "function": {"arguments": piece.arguments}}
+        return [P.chat_chunk(rid, self.model, i, {"tool_calls": [head]}),
+                P.chat_chunk(rid, self.model, i, {"tool_calls": [args]})]
+
     def response(self, rid: str, completions: list[Completion], prompt_tokens: int) -> dict:
-        return P.chat_response(rid, self.model, completions, prompt_tokens)
+        return P.chat_response(rid, self.model, completions, prompt_tokens, self.tool_names)
 
 
 class _TextFormat:

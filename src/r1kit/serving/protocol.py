@@ -1,11 +1,14 @@
 """The OpenAI wire format: request schemas, error bodies, response and stream-chunk builders.
 
 Requests are validated by pydantic; a field out of range becomes a 400 naming the field. Fields the OpenAI API
-has but r1kit does not implement (logprobs, tools, penalties, ...) are rejected when set to anything but their
+has but r1kit does not implement (logprobs, penalties, ...) are rejected when set to anything but their
 neutral value, so a client never silently gets something other than what it asked for; other unknown fields
 are ignored, as OpenAI-compatible servers commonly do. `top_k` and `min_p` are accepted as extensions (vLLM).
 
-Left out: tool calls, logprobs, structured output, `echo`/`best_of`/`suffix` on /v1/completions, token-id prompts.
+Function calling: `tools` (OpenAI's function schema) with `tool_choice` "auto" (default) or "none"; a reply's
+`<tool_call>` blocks come back as `tool_calls` (the format: r1kit.tools.functions, docs/tools.md).
+
+Left out: tool_choice "required" or a named function (no constrained decoding), logprobs, structured output, `echo`/`best_of`/`suffix` on /v1/completions, token-id prompts.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from r1kit.generation import Completion, SamplingParams
+from r1kit.tools.functions import parse_tool_calls
 
 # fields rejected unless absent or neutral; the value is what counts as neutral besides None/False/0/empty
-UNSUPPORTED = {"logprobs": None, "top_logprobs": None, "tools": None, "tool_choice": "none", "functions": None,
+UNSUPPORTED = {"logprobs": None, "top_logprobs": None, "functions": None,
                "function_call": "none", "logit_bias": None, "presence_penalty": None, "frequency_penalty": None,
                "response_format": {"type": "text"}, "echo": None, "best_of": 1, "suffix": None}
 
@@ -95,11 +99,43 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionDefinition(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule; the prompt quotes the name unescaped
+    description: str | None = None
+    parameters: dict | None = None  # a JSON Schema object, shown to the model as is (arguments are not checked)
+    strict: bool | None = None
+
+    @field_validator("strict")
+    @classmethod
+    def _not_strict(cls, v):
+        if v:
+            raise ValueError("strict schemas need constrained decoding, which this server does not do")
+        return v
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class CalledFunction(BaseModel):
+    name: str
+    arguments: str  # JSON, as OpenAI sends it
+
+
+class AssistantToolCall(BaseModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")  # e.g. `reasoning_content` sent back on assistant turns: dropped
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[AssistantToolCall] | None = None  # on assistant turns
+    tool_call_id: str | None = None  # on tool turns; the format does not show it to the model
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -110,6 +146,22 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["auto", "none"] | None = None  # None: "auto" when tools are given, as OpenAI
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_names(cls, tools):
+        names = [t.function.name for t in tools or []]
+        if len(set(names)) < len(names):
+            raise ValueError(f"function names must be unique, got {names}")
+        return tools
+
+    def offered_tools(self) -> list[dict] | None:
+        """The tools shown to the model, as OpenAI-format dicts; None when there are none or tool_choice is "none"."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        return [t.model_dump(exclude_none=True) for t in self.tools]
 
     def _max_tokens(self) -> tuple[str, int | None]:
         if self.max_completion_tokens is not None:  # OpenAI's successor of max_tokens wins when both are sent
@@ -143,14 +195,29 @@ def usage(prompt_tokens: int, completions: list[Completion]) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chat_message(c: Completion) -> dict:
-    """The assistant message: the answer as `content`, the think block as `reasoning_content` (None if none)."""
-    return {"role": "assistant", "content": c.answer, "reasoning_content": c.reasoning or None}
+def chat_message(c: Completion, tool_names: set[str] | None = None) -> dict:
+    """The assistant message: the answer as `content`, the think block as `reasoning_content` (None if none).
+
+    With `tool_names` (the functions offered), well-formed `<tool_call>` blocks of the answer become `tool_calls`
+    and `content` is the text around them (None if there is none)."""
+    message = {"role": "assistant", "content": c.answer, "reasoning_content": c.reasoning or None}
+    if tool_names:
+        content, calls = parse_tool_calls(c.answer, tool_names)
+        if calls:
+            message.update(content=content, tool_calls=[call.to_openai() for call in calls])
+    return message
 
 
-def chat_response(rid: str, model: str, completions: list[Completion], prompt_tokens: int) -> dict:
-    choices = [{"index": i, "message": chat_message(c), "finish_reason": c.finish_reason, "logprobs": None}
-               for i, c in enumerate(completions)]
+def finish_reason(c: Completion, called_tools: bool) -> str:
+    """"tool_calls" when a reply that ended by itself made calls, as OpenAI says; a cut reply keeps its reason."""
+    return "tool_calls" if called_tools and c.finish_reason == "stop" else c.finish_reason
+
+
+def chat_response(rid: str, model: str, completions: list[Completion], prompt_tokens: int,
+                  tool_names: set[str] | None = None) -> dict:
+    messages = [chat_message(c, tool_names) for c in completions]
+    choices = [{"index": i, "message": m, "finish_reason": finish_reason(c, "tool_calls" in m), "logprobs": None}
+               for i, (c, m) in enumerate(zip(completions, messages))]
     return {"id": rid, "object": "chat.completion", "created": now(), "model": model, "choices": choices,
             "usage": usage(prompt_tokens, completions)}
 
