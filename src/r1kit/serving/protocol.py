@@ -8,7 +8,8 @@ are ignored, as OpenAI-compatible servers commonly do. `top_k` and `min_p` are a
 Function calling: `tools` (OpenAI's function schema) with `tool_choice` "auto" (default) or "none"; a reply's
 `<tool_call>` blocks come back as `tool_calls` (the format: r1kit.tools.functions, docs/tools.md).
 
-Left out: tool_choice "required" or a named function (no constrained decoding), logprobs, structured output, `echo`/`best_of`/`suffix` on /v1/completions, token-id prompts.
+Left out: tool_choice "required" or a named function and strict schemas (no constrained decoding), logprobs,
+structured output, `echo`/`best_of`/`suffix` on /v1/completions, token-id prompts.
 """
 
 from __future__ import annotations
