@@ -7,7 +7,13 @@ import json
 import re
 
 from r1kit.evaluation.harness import EvalConfig
-from r1kit.generation.cli import add_backend_args, add_precision_args, load_backend
+from r1kit.generation.cli import (
+    add_backend_args,
+    add_precision_args,
+    add_tool_args,
+    load_backend,
+    tool_config,
+)
 
 # argparse dest -> EvalConfig field; defaults stay in EvalConfig (argparse defaults are None = "not given").
 _FIELDS = (
@@ -65,6 +71,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="output directory (default runs/eval/<model>__<benchmark>)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_precision_args(p)
+    add_tool_args(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_backend_args(p)
     p.set_defaults(func=_run)
@@ -82,6 +89,12 @@ def format_table(summary: dict, out_dir: str) -> str:
         ("mean tokens", f"{summary['mean_tokens']:.1f}"),
         ("truncated", f"{100 * summary['truncation_rate']:.1f}%"),
     ]
+    if "tool_calls_per_reply" in summary:
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"
+        rows += [("tool calls / reply", f"{summary['tool_calls_per_reply']:.2f}"),
+                 ("tool error rate", pct(summary["tool_error_rate"])),
+                 ("pass@1 with a call", pct(summary["accuracy_with_tool"])),
+                 ("pass@1 without", pct(summary["accuracy_without_tool"]))]
     size = f"{summary['problems']} problems x {summary['samples']} samples"
     head = f"{summary['benchmark']} | {summary['model']} | {size}"
     width = max(len(k) for k, _ in rows)
@@ -105,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     from r1kit.evaluation.harness import evaluate
 
     overrides = {f: getattr(args, f) for f in _FIELDS if getattr(args, f) is not None}
-    config = EvalConfig(**overrides)
+    config = EvalConfig(**overrides, tools=tool_config(args))
     bench = get_benchmark(args.benchmark)
     load_problems(
         bench, data=config.data, limit=1, seed=config.seed, level=config.level

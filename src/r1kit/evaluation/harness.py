@@ -38,6 +38,7 @@ from r1kit.evaluation.grading import Grader, get_grader
 from r1kit.evaluation.layouts import Problem
 from r1kit.evaluation.metrics import accuracy_by_length, summarize_scores
 from r1kit.io import append_jsonl, read_jsonl
+from r1kit.tools.python import ToolCall, ToolConfig, tool_stats
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -63,6 +64,7 @@ class EvalConfig:
     chat: bool | None = (
         None  # send the prompt as a user message; None: when the tokenizer has a chat template
     )
+    tools: ToolConfig | None = None  # the model may call the sandboxed Python interpreter (r1kit/tools/python.py)
 
     def __post_init__(self):
         checks = {
@@ -153,6 +155,7 @@ def _record(pair: tuple[Problem, int], seed: int, completion: Any, extracted: An
         "correct": bool(correct),
         "tokens": len(c.token_ids),
         "finish_reason": c.finish_reason,
+        **({"tool_calls": [dataclasses.asdict(t) for t in c.tool_calls]} if getattr(c, "tool_calls", None) else {}),
     }
 
 
@@ -208,7 +211,7 @@ def _run_continuous(
     from r1kit.generation import Engine, SamplingParams
 
     engine = Engine(model, tokenizer, max_batch_size=max(1, min(config.batch_size, len(pending))),
-                    matmul_dtype=matmul_dtype)
+                    matmul_dtype=matmul_dtype, tools=config.tools)
     encoded = {p.id: engine.encode(_messages(p, chat))[0] for p, _ in pending}
     need = max(len(ids) for ids in encoded.values()) + config.max_new_tokens + 1
     engine.max_seq_len = min(engine.max_seq_len, -(-need // 128) * 128)  # as `generate` sizes its cache
@@ -228,11 +231,14 @@ def _run_continuous(
 def _settings(config: EvalConfig, chat: bool) -> dict:
     """What a sample depends on besides its prompt: the cache key's settings (k, limit, batching are not)."""
     fields = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "level")
-    return {**{f: getattr(config, f) for f in fields}, "chat": chat}
+    tools = {"tools": dataclasses.asdict(config.tools)} if config.tools else {}
+    return {**{f: getattr(config, f) for f in fields}, "chat": chat, **tools}
 
 
-def summarize(records: Sequence[dict], problems: Sequence[Problem], k: int, grader: Grader) -> dict:
-    """Scores, length statistics and accuracy by length from the k records of every problem."""
+def summarize(records: Sequence[dict], problems: Sequence[Problem], k: int, grader: Grader,
+              tools: bool = False) -> dict:
+    """Scores, length statistics and accuracy by length from the k records of every problem; with `tools`, the
+    tool statistics (calls per reply, error rate, accuracy with and without a call)."""
     by_problem = {p.id: [None] * k for p in problems}
     for r in records:
         if r["problem_id"] in by_problem and r["sample"] < k:
@@ -249,6 +255,8 @@ def summarize(records: Sequence[dict], problems: Sequence[Problem], k: int, grad
         "mean_tokens": sum(tokens) / len(tokens),
         "truncation_rate": sum(r["finish_reason"] == "length" for r in flat) / len(flat),
         "accuracy_by_length": accuracy_by_length(tokens, [r["correct"] for r in flat]),
+        **(tool_stats([[ToolCall(**t) for t in r.get("tool_calls", [])] for r in flat], [r["correct"] for r in flat])
+           if tools else {}),
     }
 
 
@@ -307,6 +315,8 @@ def evaluate(
     pending = [(p, j) for p in problems for j in range(k) if (p.id, j) not in results]
     from tqdm.auto import tqdm
 
+    if config.tools and pending and (generate_fn is not None or not hasattr(model, "forward_cached")):
+        raise ConfigError("tools: the Python tool runs in r1kit's own engine (an r1kit model, no generate_fn)")
     if generate_fn is None and hasattr(model, "forward_cached") and pending:  # an r1kit model
         records = _run_continuous(pending, model=model, tokenizer=tokenizer, grader=grader, config=config,
                                   chat=chat, key=key, matmul_dtype=matmul_dtype)
@@ -337,7 +347,7 @@ def evaluate(
         "samples": k,
         "grader": bench.grader,
         "settings": settings,
-        **summarize(list(results.values()), problems, k, grader),
+        **summarize(list(results.values()), problems, k, grader, tools=config.tools is not None),
         "published": published_for(bench.name),
         "run": {
             "generated": len(pending),

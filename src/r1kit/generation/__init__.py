@@ -25,6 +25,7 @@ def generate(
     max_batch_size: int = 32,
     matmul_dtype=None,
     speculative: str | None = None,
+    tools=None,
 ) -> list[Completion]:
     """Generate one completion per prompt (design.md §3).
 
@@ -36,6 +37,8 @@ def generate(
     matmul_dtype: torch.bfloat16 runs an fp32 model's linear layers in bf16 on packed weights (see `Engine`).
     speculative: "mtp" drafts with the model's MTP head (see `Engine`); requests with the same prompt always
     share its prefill.
+    tools: a `r1kit.tools.ToolConfig`: the model may call the sandboxed Python interpreter (docs/tools.md);
+    each Completion then carries `tool_calls` and `model_mask`.
     """
     if isinstance(seed, int):
         seeds = [seed + i for i in range(len(prompts))]
@@ -49,9 +52,11 @@ def generate(
                              min_p=min_p, seed=s, stop=list(stop) if isinstance(stop, list) else stop or [])
               for s in seeds]
     if isinstance(model, VLLMEngine):
+        if tools is not None:
+            raise ValueError("tools run in r1kit's own engine, not with a VLLMEngine")
         return model.generate(prompts, params)
     engine = Engine(model, tokenizer, max_batch_size=max(1, min(len(prompts), max_batch_size)),
-                    matmul_dtype=matmul_dtype, speculative=speculative)
+                    matmul_dtype=matmul_dtype, speculative=speculative, tools=tools)
     encoded = [engine.encode(p)[0] for p in prompts]
     # a cache just long enough for the longest prompt plus its new tokens, rounded up so shapes repeat
     need = max(len(ids) for ids in encoded) + max_new_tokens + 1

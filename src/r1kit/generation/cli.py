@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -30,6 +31,25 @@ def add_precision_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", choices=["int8", "int4", "int4-g32", "int4-g64", "int4-g128"], default=None,
                    help="weight-only quantize the linear layers after loading (a GGUF's Q4 weights keep their "
                         "codes); quality and speed in docs/quantization.md")
+
+
+def add_tool_args(p: argparse.ArgumentParser) -> None:
+    """`--tools python` and the tool's limits (shared by generate, chat, eval and serve)."""
+    g = p.add_argument_group("tools (docs/tools.md)")
+    g.add_argument("--tools", choices=["python"], default=None,
+                   help="python: the model may run Python in a sandbox while it reasons (<code> cells; the output "
+                        "comes back in <interpreter> tags)")
+    g.add_argument("--tool-timeout", type=float, default=5.0, help="seconds per call")
+    g.add_argument("--tool-max-calls", type=int, default=4, help="calls per reply")
+
+
+def tool_config(args):
+    """The Engine's ToolConfig for the parsed flags, or None without --tools."""
+    if getattr(args, "tools", None) != "python":
+        return None
+    from r1kit.tools.python import ToolConfig
+
+    return ToolConfig(timeout=args.tool_timeout, max_calls=args.tool_max_calls)
 
 
 def matmul_dtype(args):
@@ -81,6 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speculative", choices=["mtp"], default=None,
                    help="mtp: draft one token per step with the model's MTP head and verify it (same output "
                         "distribution; greedy output unchanged); pays when the drafts are mostly accepted")
+    add_tool_args(p)
     add_backend_args(p)
     p.set_defaults(func=_generate)
 
@@ -88,6 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Chat with a model. Tokens stream as they come; reasoning is dimmed. "
                                    "Ctrl-C stops the current reply; Ctrl-D or /exit quits; /reset clears history.")
     _sampling_args(c, temperature=0.6)
+    add_tool_args(c)
     c.set_defaults(func=_chat)
 
 
@@ -100,7 +122,10 @@ def _load(args):
 
 
 def _messages(args, history: list[dict], user: str) -> list[dict]:
-    system = [{"role": "system", "content": args.system}] if args.system else []
+    from r1kit.tools.python import TOOL_INSTRUCTIONS
+
+    text = args.system or (TOOL_INSTRUCTIONS if getattr(args, "tools", None) else None)
+    system = [{"role": "system", "content": text}] if text else []
     return system + history + [{"role": "user", "content": user}]
 
 
@@ -109,13 +134,19 @@ def _generate(args) -> int:
 
     model, tok, params = _load(args)
     prompt = args.prompt if args.raw else _messages(args, [], args.prompt)
+    if isinstance(model, VLLMEngine) and args.tools:
+        from r1kit.errors import R1kitError
+
+        raise R1kitError("--tools runs in r1kit's own engine; it does not apply to --backend vllm")
     engine = model if isinstance(model, VLLMEngine) else Engine(model, tok, max_batch_size=1,
                                                                  matmul_dtype=matmul_dtype(args),
-                                                                 speculative=args.speculative)
+                                                                 speculative=args.speculative, tools=tool_config(args))
     c = engine.generate([prompt], params)[0]
     if args.json:
+        tools = {"tool_calls": [dataclasses.asdict(t) for t in c.tool_calls]} if args.tools else {}
         print(json.dumps({"text": c.text, "reasoning": c.reasoning, "answer": c.answer,
-                          "finish_reason": c.finish_reason, "tokens": len(c.token_ids)}, ensure_ascii=False))
+                          "finish_reason": c.finish_reason, "tokens": len(c.token_ids), **tools},
+                         ensure_ascii=False))
     else:
         if c.reasoning:
             print(f"\033[2m{c.reasoning}\033[0m\n" if sys.stdout.isatty() else f"[reasoning]\n{c.reasoning}\n\n[answer]")
@@ -159,7 +190,7 @@ def _chat(args) -> int:
     from r1kit.generation import Engine
 
     model, tok, params = _load(args)
-    engine = Engine(model, tok, max_batch_size=1, matmul_dtype=matmul_dtype(args))
+    engine = Engine(model, tok, max_batch_size=1, matmul_dtype=matmul_dtype(args), tools=tool_config(args))
     history: list[dict] = []
     print("r1kit chat — Ctrl-C stops a reply, Ctrl-D or /exit quits, /reset clears the history.")
     while True:

@@ -47,6 +47,13 @@ from r1kit.rewards.sandbox import (
 
 CODE_OPEN, CODE_CLOSE = "<code>", "</code>"
 OUTPUT_OPEN, OUTPUT_CLOSE = "<interpreter>", "</interpreter>"
+# The system message `r1kit generate/chat/serve --tools python` give a model (unless --system is set); models
+# trained on the format (the tool recipe's cold start) need none.
+TOOL_INSTRUCTIONS = (
+    "You can run Python while you think. Write a cell as <code>\n```python\n...\n```\n</code> and its output "
+    "comes back as <interpreter>\n...\n</interpreter>. Variables persist between your cells. Use it for "
+    "arithmetic and checks, then give the final answer."
+)
 _FENCE = re.compile(r"^\s*```[ \t]*(?:python|py)?[ \t]*\n(.*?)\n?[ \t]*```\s*$", re.DOTALL)
 _STARTUP_S = 10.0  # a cold sandbox start on a loaded machine
 
