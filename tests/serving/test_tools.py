@@ -104,7 +104,8 @@ def test_streamed_tool_calls_come_as_openai_sends_them(agent):
 
 def test_the_openai_stream_helper_assembles_the_streamed_call(agent):
     api, _, _ = agent
-    with api.beta.chat.completions.stream(model="toy", messages=ASK, tools=[WEATHER], max_tokens=300) as stream:
+    helper = getattr(api.chat.completions, "stream", None) or api.beta.chat.completions.stream  # moved out of beta
+    with helper(model="toy", messages=ASK, tools=[WEATHER], max_tokens=300) as stream:
         final = stream.get_final_completion()
     [call] = final.choices[0].message.tool_calls
     assert (final.choices[0].finish_reason, call.function.name, call.function.arguments) == (
