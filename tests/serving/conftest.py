@@ -102,10 +102,10 @@ class ReplayModel(torch.nn.Module):
     once the prompt is prefilled, so a conversation's turns can differ. The prompts it saw are kept in `prompts`
     (as rendered by the chat template), to compare with hand-written ones.
 
-    It has no cache: position p of a prompt of L tokens emits reply token p + 1 - L (EOS past the end), which the
-    engine's prefill (last position) and decode steps (positions L, L + 1, ...) read in order. It serves one
-    request at a time (engine max_batch_size=1), since it remembers only the latest prompt, and needs the whole
-    prompt in one prefill chunk.
+    It has no cache: each forward emits the next reply token (EOS past the end), which the engine's prefill (last
+    position), decode steps and tool-output insertions read once each, in order; tokens the engine inserts (tool
+    output) are not part of the script. It serves one request at a time (engine max_batch_size=1), since it
+    remembers only the latest prompt, and needs the whole prompt in one prefill chunk.
     """
 
     def __init__(self, tokenizer, reply, max_seq_len: int = 2048):
@@ -119,6 +119,7 @@ class ReplayModel(torch.nn.Module):
         self.prompts: list[str] = []
         self._prompt_ids: list[int] = []
         self._reply_ids: list[int] = []
+        self._next = 0
 
     def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
         pass
@@ -128,17 +129,18 @@ class ReplayModel(torch.nn.Module):
 
     def forward_cached(self, input_ids, cache_pos, *, kv_len, cache_rows=None):
         assert input_ids.shape[0] == 1, "ReplayModel serves one request at a time"
-        if cache_rows is not None:  # the prefill: the prompt picks the reply
-            assert int(cache_pos[0, 0]) == 0, "the prompt must fit in one prefill chunk"
+        if int(cache_pos[0, 0]) == 0:  # the prefill: the prompt picks the reply
+            assert cache_rows is not None, "the prompt must fit in one prefill chunk"
             self._prompt_ids = input_ids[0].tolist()
             self.prompts.append(self.tokenizer.decode(self._prompt_ids))
             self._reply_ids = self.tokenizer(self.reply(self.prompts[-1]), add_special_tokens=False).input_ids
-        step = cache_pos[0] + 1 - len(self._prompt_ids)  # (T,) the reply token each position emits
-        script = torch.tensor(self._reply_ids + [self.eos])
-        nxt = script[step.clamp(0, len(script) - 1)].where(step < len(script), torch.tensor(self.eos))
-        return torch.nn.functional.one_hot(nxt, self.config.dim).float()[None]  # (1, T, V)
+            self._next = 0
+        script = self._reply_ids + [self.eos]
+        nxt = torch.tensor(script[min(self._next, len(script) - 1)])
+        self._next += 1
+        return torch.nn.functional.one_hot(nxt, self.config.dim).float().expand(1, input_ids.shape[1], -1)
 
 
-def replay_engine(reply) -> Engine:
+def replay_engine(reply, tools=None) -> Engine:
     tok = toy_tokenizer()
-    return Engine(ReplayModel(tok, reply), tok, max_batch_size=1, max_seq_len=2048, prefill_chunk=2048)
+    return Engine(ReplayModel(tok, reply), tok, max_batch_size=1, max_seq_len=2048, prefill_chunk=2048, tools=tools)

@@ -49,6 +49,8 @@ class ServerConfig:
     api_key: str | None = None  # None: no authentication
     max_queue: int = 256  # requests that may wait for a free engine row before 429
     request_timeout_s: float = 600.0  # wall-clock budget of one request, queueing included
+    # a system message for requests that bring none (`--tools python` describes the interpreter with it)
+    default_system: str | None = None
 
 
 def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
@@ -80,7 +82,10 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     async def chat_completions(body: P.ChatCompletionRequest, request: Request):
         _check_request(body, config)
         tools = body.offered_tools()
-        prompt = _render(engine, render_messages(body.messages), tools)
+        messages = render_messages(body.messages)
+        if config.default_system and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": config.default_system})
+        prompt = _render(engine, messages, tools)
         ids, prefilled = _encode(engine, prompt, param="messages")
         jobs = [(ids, prefilled, _params(body, i, engine, ids)) for i in range(body.n)]
         tool_names = {t["function"]["name"] for t in tools} if tools else None

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from r1kit.generation.cli import add_precision_args
+from r1kit.generation.cli import add_precision_args, add_tool_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--request-timeout", type=float, default=600.0,
                    help="seconds a request may take, queueing included; then it stops with finish_reason 'length'")
     add_precision_args(p)
+    add_tool_args(p)  # the server-side Python interpreter, run in the sandbox inside the model's reasoning
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_serve)
 
@@ -46,8 +47,9 @@ def _serve(args) -> int:
     from r1kit import load_model, load_tokenizer
     from r1kit.errors import ConfigError
     from r1kit.generation import Engine
-    from r1kit.generation.cli import matmul_dtype
+    from r1kit.generation.cli import matmul_dtype, tool_config
     from r1kit.serving.app import ServerConfig, create_app
+    from r1kit.tools.python import TOOL_INSTRUCTIONS
 
     for name in ("max_concurrency", "max_seq_len", "port"):
         if getattr(args, name) < 1:
@@ -57,9 +59,10 @@ def _serve(args) -> int:
     model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device,
                        quantize=args.quantize).eval()
     engine = Engine(model, load_tokenizer(args.model), max_batch_size=args.max_concurrency,
-                    max_seq_len=args.max_seq_len, matmul_dtype=matmul_dtype(args))
+                    max_seq_len=args.max_seq_len, matmul_dtype=matmul_dtype(args), tools=tool_config(args))
     config = ServerConfig(model_name=args.served_model_name or served_name(args.model), api_key=args.api_key,
-                          max_queue=args.max_queue, request_timeout_s=args.request_timeout)
+                          max_queue=args.max_queue, request_timeout_s=args.request_timeout,
+                          default_system=TOOL_INSTRUCTIONS if args.tools else None)
     print(f"r1kit: serving '{config.model_name}' on http://{args.host}:{args.port}/v1 "
           f"({args.max_concurrency} concurrent, context {engine.max_seq_len})", flush=True)
     uvicorn.run(create_app(engine, config), host=args.host, port=args.port, log_level=args.log_level)
