@@ -3,11 +3,11 @@
 import json
 import re
 
+from helpers.replay import ReplayModel
+
 from r1kit.evaluation import evaluate
 from r1kit.tokenizer import toy_tokenizer
 from r1kit.tools.python import ToolConfig
-
-from helpers.replay import ReplayModel
 
 
 def test_tool_statistics_against_hand_counts(tmp_path):
