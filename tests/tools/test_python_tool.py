@@ -75,3 +75,11 @@ def test_render_output_starts_on_a_new_line():
     call = ToolCall("x", "42\n", 0.1)
     assert render_output(call, "...</code>") == "\n<interpreter>\n42\n</interpreter>\n"
     assert render_output(call, "...</code>\n") == "<interpreter>\n42\n</interpreter>\n"
+
+
+def test_tool_output_spans_cover_what_the_engine_inserts():
+    from r1kit.tools.python import tool_output_spans
+
+    text = "a\n<code>\nprint(1)\n</code>\n<interpreter>\n1\n</interpreter>\nSo 1. <interpreter>x"
+    spans = tool_output_spans(text)
+    assert [text[a:b] for a, b in spans] == ["\n<interpreter>\n1\n</interpreter>\n", "<interpreter>x"]

@@ -191,3 +191,22 @@ def tool_stats(calls_per_reply: list[list[ToolCall]], correct: list[float]) -> d
         "accuracy_with_tool": sum(used) / len(used) if used else None,
         "accuracy_without_tool": sum(unused) / len(unused) if unused else None,
     }
+
+
+def tool_output_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the tool output blocks in a reply: what the engine inserts after a cell (the newline
+    before `<interpreter>` when the cell did not end one, through the newline after `</interpreter>`).
+
+    SFT on tool-using traces masks these spans out of the loss, as RL does: the model is never trained to write
+    what the interpreter returns."""
+    spans, at = [], 0
+    while (start := text.find(OUTPUT_OPEN, at)) != -1:
+        end = text.find(OUTPUT_CLOSE, start)
+        end = len(text) if end == -1 else end + len(OUTPUT_CLOSE)
+        if text.startswith("\n", end):
+            end += 1
+        if start > 0 and text[start - 1] == "\n" and text[:start - 1].rstrip(" \t").endswith(CODE_CLOSE):
+            start -= 1
+        spans.append((start, end))
+        at = end
+    return spans
