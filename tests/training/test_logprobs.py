@@ -186,3 +186,32 @@ def test_bad_input_raises():
         fused_logprobs(h, w[:, :-1], t)
     with pytest.raises(ValueError):
         fused_logprobs(h, w, t, temperature=0.0)
+
+
+@pytest.mark.parametrize("preset", ["toy-moe", "toy-dense"])
+def test_packed_completion_logprobs_equal_the_padded_forward(preset):
+    """Packing the real tokens (no padding computed) gives the padded batch's log-probs, entropies and gradients
+    on every completion token: positions restart per sequence and attention stays within it."""
+    import r1kit
+    from r1kit.training.grpo import pack
+    from r1kit.training.logprobs import completion_logprobs
+
+    model = r1kit.load_model(preset, seed=0).train()
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 100, (n,), generator=g).tolist() for n in (5, 9, 3, 7, 4)]
+    completions = [torch.randint(3, 100, (n,), generator=g).tolist() for n in (6, 1, 12, 4, 9)]
+    ids, attn, cmask, P = pack(prompts, completions, 0)
+    results = []
+    for packed in (False, True):
+        model.zero_grad(set_to_none=True)
+        logp, entropy = completion_logprobs(model, ids, attn, P, temperature=0.7, with_entropy=True, packed=packed)
+        ((logp * cmask).sum() + 0.1 * (entropy * cmask).sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logp * cmask, entropy * cmask, grads))
+    (lp0, h0, g0), (lp1, h1, g1) = results
+    torch.testing.assert_close(lp1, lp0, atol=2e-5, rtol=0)
+    torch.testing.assert_close(h1, h0, atol=2e-5, rtol=0)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=2e-5, rtol=1e-4, msg=name)
+    assert (lp1[cmask == 0] == 0).all()  # padded completion slots are zeros, not garbage

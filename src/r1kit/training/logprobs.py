@@ -169,12 +169,59 @@ def completion_logprobs(
     temperature: float = 1.0,
     chunk_tokens: int = 1024,
     with_entropy: bool = False,
+    packed: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probs [B, C] (and entropy) of the completion tokens ids[:, prompt_len:] of a left-padded prompt.
 
     ids, attention_mask: [B, P + C] (prompt left-padded to P = prompt_len, completion right-padded);
     the same contract as `grpo.completion_logps`, with the [B, C, V] logits never built.
+
+    packed: run the real tokens only. Each sequence (its prompt and completion, without padding) is packed
+    first-fit into rows no longer than the longest one, with positions restarting per sequence and attention
+    kept within it (segment ids), so the values equal the padded forward's while no layer computes on padding;
+    the head then runs on the completion tokens only. Padded completion positions are 0 in the result.
     """
-    h = model.hidden(ids, attention_mask=attention_mask)  # [B, P+C, d]
-    return model_logprobs(model, h[:, prompt_len - 1:-1], ids[:, prompt_len:], temperature=temperature,
-                          chunk_tokens=chunk_tokens, with_entropy=with_entropy)
+    if not packed:
+        h = model.hidden(ids, attention_mask=attention_mask)  # [B, P+C, d]
+        return model_logprobs(model, h[:, prompt_len - 1:-1], ids[:, prompt_len:], temperature=temperature,
+                              chunk_tokens=chunk_tokens, with_entropy=with_entropy)
+    from r1kit.training.packing import pack_groups
+
+    B, T = ids.shape
+    C, dev = T - prompt_len, ids.device
+    real = attention_mask.bool()
+    prompt_lens = real[:, :prompt_len].sum(1).tolist()  # one host sync: the layout is built on the host
+    comp_lens = real[:, prompt_len:].sum(1).tolist()
+    lengths = [p + c for p, c in zip(prompt_lens, comp_lens)]
+    L = max(lengths)
+    src, dst, pos, seg = [], [], [], []  # per packed token: where it comes from, where it goes, position, segment
+    pred, target, out = [], [], []  # per completion token: the packed slot predicting it, its id slot, (b, c) slot
+    for r, members in enumerate(pack_groups(lengths, L)):
+        offset = 0
+        for k, b in enumerate(members):
+            start, n, p = prompt_len - prompt_lens[b], lengths[b], prompt_lens[b]
+            src += range(b * T + start, b * T + start + n)
+            dst += range(r * L + offset, r * L + offset + n)
+            pos += range(n)
+            seg += [k + 1] * n
+            c = comp_lens[b]
+            pred += range(r * L + offset + p - 1, r * L + offset + p - 1 + c)
+            target += range(b * T + prompt_len, b * T + prompt_len + c)
+            out += range(b * C, b * C + c)
+            offset += n
+    R = r + 1
+    as_index = lambda x: torch.tensor(x, dtype=torch.long, device=dev)
+    dst_i = as_index(dst)
+    packed_ids = torch.zeros(R * L, dtype=ids.dtype, device=dev).index_put_((dst_i,), ids.reshape(-1)[as_index(src)])
+    positions = torch.zeros(R * L, dtype=torch.long, device=dev).index_put_((dst_i,), as_index(pos))
+    segments = torch.zeros(R * L, dtype=torch.long, device=dev).index_put_((dst_i,), as_index(seg))
+    h = model.hidden(packed_ids.view(R, L), positions=positions.view(R, L), segment_ids=segments.view(R, L))
+    h = h.reshape(R * L, -1)[as_index(pred)]  # [N, d]: only the states that predict a completion token
+    logp, entropy = model_logprobs(model, h, ids.reshape(-1)[as_index(target)], temperature=temperature,
+                                   chunk_tokens=chunk_tokens, with_entropy=with_entropy)
+    out_i = as_index(out)
+
+    def scatter(values: Tensor) -> Tensor:
+        return torch.zeros(B * C, dtype=values.dtype, device=dev).index_put((out_i,), values).view(B, C)
+
+    return scatter(logp), None if entropy is None else scatter(entropy)
