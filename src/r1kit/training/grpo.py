@@ -254,6 +254,38 @@ def frozen_logps(model, ids, attn, P, temperature, micro: int) -> torch.Tensor:
                       for s in _slices(len(ids), micro)])
 
 
+def step_tensors(model, cfg: GRPOConfig, r: Rollout):
+    """A rollout as the update reads it, on the model's device: ids and attention (B, P+C), the completion mask
+    (B, C) (tool output and, with mask_truncated, truncated completions excluded), the engine's log-probs (B, C)
+    and the prompt length P."""
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    ids, attn, cmask, P = pack(r.prompt_ids, [c.token_ids for c in r.completions], pad,
+                               [c.model_token_mask() for c in r.completions])
+    if cfg.mask_truncated:
+        cmask[[i for i, c in enumerate(r.completions) if c.finish_reason == "length"]] = 0
+    rollout_logps = torch.zeros_like(cmask)
+    for i, c in enumerate(r.completions):
+        rollout_logps[i, : len(c.logprobs)] = torch.tensor(c.logprobs)
+    dev = next(model.parameters()).device
+    return (*(t.to(dev) for t in (ids, attn, cmask, rollout_logps)), P)
+
+
+def policy_loss(model, loss_cfg, temperature: float, s: slice, ids, attn, cmask, P: int, adv, *, old, ref,
+                rollout_logps, step_sequences: int, step_tokens, with_entropy: bool):
+    """The clipped-surrogate loss of one micro-batch `s` (plus its share of the MoE balance loss); returns
+    (loss, metrics, log-probs, entropy or None)."""
+    from r1kit.training.losses import grpo_loss
+
+    logps, entropy = completion_logps(model, ids[s], attn[s], P, temperature, with_entropy=with_entropy)
+    loss, m = grpo_loss(logps, adv[s], cmask[s], loss_cfg, old_logps=None if old is None else old[s],
+                        ref_logps=None if ref is None else ref[s], rollout_logps=rollout_logps[s],
+                        step_sequences=step_sequences, step_tokens=step_tokens)
+    aux = model.aux_loss()
+    if aux is not None:  # the balance loss of this slice, weighted by its share of the step
+        loss = loss + aux * (s.stop - s.start) / step_sequences
+    return loss, m, logps, entropy
+
+
 def _slices(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -274,23 +306,15 @@ def policy_update(run, cfg: GRPOConfig, r: Rollout, ref_model, loss_cfg) -> dict
         sync_expert_load,
     )
     from r1kit.training.loop import autocast
-    from r1kit.training.losses import grpo_loss
     from r1kit.training.optim import clip_grad_norm
 
     model, topo = run.model, getattr(run, "topo", None) or Topology()  # (one process when `run` carries none)
     dev = next(model.parameters()).device
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    ids, attn, cmask, P = pack(r.prompt_ids, [c.token_ids for c in r.completions], pad,
-                               [c.model_token_mask() for c in r.completions])
-    if cfg.mask_truncated:
-        cmask[[i for i, c in enumerate(r.completions) if c.finish_reason == "length"]] = 0
-    rollout_logps = torch.zeros_like(cmask)
-    for i, c in enumerate(r.completions):
-        rollout_logps[i, : len(c.logprobs)] = torch.tensor(c.logprobs)
+    ids, attn, cmask, rollout_logps, P = step_tensors(model, cfg, r)
     all_rewards = torch.cat(all_gather_objects(r.rewards, topo))  # every rank's groups, in rank order
     all_adv = group_advantages(all_rewards, cfg.num_generations, cfg.scale_rewards)
     adv = all_adv[topo.rank * len(ids):(topo.rank + 1) * len(ids)]  # this rank's rows (equal shares)
-    ids, attn, cmask, rollout_logps, adv = (t.to(dev) for t in (ids, attn, cmask, rollout_logps, adv))
+    adv = adv.to(dev)
     n = len(all_rewards)  # sequences of the whole step
     slices = _slices(len(ids), cfg.micro_batch_size)
     with autocast(cfg.run, dev):
@@ -305,13 +329,9 @@ def policy_update(run, cfg: GRPOConfig, r: Rollout, ref_model, loss_cfg) -> dict
     for it in range(cfg.num_iterations):
         for j, s in enumerate(slices):
             with gradient_sync(model, j == len(slices) - 1), autocast(cfg.run, dev):
-                logps, entropy = completion_logps(model, ids[s], attn[s], P, cfg.temperature, with_entropy=it == 0)
-                loss, m = grpo_loss(logps, adv[s], cmask[s], loss_cfg, old_logps=None if old is None else old[s],
-                                    ref_logps=None if ref is None else ref[s], rollout_logps=rollout_logps[s],
-                                    step_sequences=n, step_tokens=tokens)
-                aux = model.aux_loss()
-                if aux is not None:  # the balance loss of this slice, weighted by its share of the step
-                    loss = loss + aux * (s.stop - s.start) / n
+                loss, m, logps, entropy = policy_loss(model, loss_cfg, cfg.temperature, s, ids, attn, cmask, P, adv,
+                                                      old=old, ref=ref, rollout_logps=rollout_logps,
+                                                      step_sequences=n, step_tokens=tokens, with_entropy=it == 0)
                 loss.backward()
             for k, v in m.items():  # micro-batch metrics, weighted by the slice's share of the step
                 sums[k] = sums.get(k, 0.0) + v * (s.stop - s.start) / (n * cfg.num_iterations)

@@ -116,22 +116,15 @@ def _load_weights(model: torch.nn.Module, directory: Path) -> None:
 def ppo_update(run, critic: Critic, cfg: PPOConfig, r: Rollout, ref_model) -> dict:
     """num_iterations passes over one rollout, each one optimizer step of the policy and of the critic."""
     from r1kit.training.advantages import gae, masked_whiten, terminal_rewards
-    from r1kit.training.grpo import _slices, completion_logps, frozen_logps, pack
+    from r1kit.training.grpo import _slices, frozen_logps, policy_loss, step_tensors
     from r1kit.training.loop import autocast
-    from r1kit.training.losses import grpo_loss
     from r1kit.training.optim import clip_grad_norm
     from r1kit.training.value import value_loss
 
     model, values_of = run.model, critic.model
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    ids, attn, cmask, P = pack(r.prompt_ids, [c.token_ids for c in r.completions], pad)  # (B, P+C), (B, C)
-    if cfg.mask_truncated:
-        cmask[[i for i, c in enumerate(r.completions) if c.finish_reason == "length"]] = 0
-    rollout_logps = torch.zeros_like(cmask)
-    for i, c in enumerate(r.completions):
-        rollout_logps[i, : len(c.logprobs)] = torch.tensor(c.logprobs)
-    device = next(model.parameters()).device
-    ids, attn, cmask, rollout_logps, scores = (t.to(device) for t in (ids, attn, cmask, rollout_logps, r.rewards))
+    ids, attn, cmask, rollout_logps, P = step_tensors(model, cfg, r)  # (B, P+C) x2, (B, C) x2
+    device = ids.device
+    scores = r.rewards.to(device)
     micro, slices = cfg.micro_batch_size, _slices(len(ids), cfg.micro_batch_size)
     with autocast(cfg.run, device), torch.no_grad():
         ref = frozen_logps(ref_model, ids, attn, P, cfg.temperature, micro) if ref_model else None
@@ -153,13 +146,10 @@ def ppo_update(run, critic: Critic, cfg: PPOConfig, r: Rollout, ref_model) -> di
         for s in slices:
             share = (s.stop - s.start) / (len(ids) * cfg.num_iterations)  # the slice's weight in the averages
             with autocast(cfg.run, device):
-                logps, entropy = completion_logps(model, ids[s], attn[s], P, cfg.temperature, with_entropy=it == 0)
-                loss, m = grpo_loss(logps, adv[s], cmask[s], cfg.loss, old_logps=None if old is None else old[s],
-                                    ref_logps=None if ref is None else ref[s], rollout_logps=rollout_logps[s],
-                                    step_sequences=len(ids), step_tokens=tokens)
-                aux = model.aux_loss()
-                if aux is not None:
-                    loss = loss + aux * (s.stop - s.start) / len(ids)
+                loss, m, logps, entropy = policy_loss(model, cfg.loss, cfg.temperature, s, ids, attn, cmask, P, adv,
+                                                      old=old, ref=ref, rollout_logps=rollout_logps,
+                                                      step_sequences=len(ids), step_tokens=tokens,
+                                                      with_entropy=it == 0)
             loss.backward()  # before the critic's forward: the two models' activations never coexist
             with autocast(cfg.run, device):
                 values = values_of(ids[s], attention_mask=attn[s])[:, P - 1:-1]  # (b, C)
