@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cli(args) -> int:
     import json
 
+    from r1kit.pipeline.evaluate import eval_names
     from r1kit.pipeline.recipe import load_recipe
     from r1kit.pipeline.report import accuracy_rows
     from r1kit.pipeline.run import run_pipeline
@@ -60,10 +61,12 @@ def _cli(args) -> int:
     if args.json:
         print(json.dumps({"report": out["report"], "accuracy": rows, "timings": out["timings"]}))
         return 0
-    tasks = list(recipe.tasks.tasks)
-    print(f"\nHeld-out pass@1 (%), {recipe.evaluate.samples} samples per problem at T={recipe.evaluate.temperature}:")
-    print(f"{'stage':<12}" + "".join(f"{t:>12}" for t in tasks) + f"{'mean':>8}")
+    tasks = eval_names(recipe)
+    print(f"\nHeld-out pass@1 (%), {recipe.evaluate.samples} samples per problem at T={recipe.evaluate.temperature}"
+          + (" (greedy: one sample at T=0)" if recipe.evaluate.greedy else "") + ":")
+    print(f"{'stage':<12}" + "".join(f"{t:>14}" for t in tasks) + f"{'mean':>8}")
     for r in rows:
-        print(f"{r['stage']:<12}" + "".join(f"{100 * r[t]:>12.1f}" for t in tasks) + f"{100 * r['mean']:>8.1f}")
+        print(f"{r['stage']:<12}" + "".join(f"{100 * r[t]:>9.1f}±{100 * r[f'{t} stderr']:<4.1f}" for t in tasks)
+              + f"{100 * r['mean']:>8.1f}")
     print(f"\nReport: {out['report']}")
     return 0

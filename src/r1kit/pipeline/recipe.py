@@ -13,6 +13,11 @@
       distill:    {kind: distill, init: r1_final, config: {...}}  # DistillConfig fields (init = teacher)
     evaluate: {samples: 4, problems: 50, max_new_tokens: 96, temperature: 0.6, top_p: 0.95}
 
+A recipe on files (GSM8K, MATH) names their folder once, `data_dir`, and writes `{data_dir}` in its paths
+(`tasks: {dataset: "{data_dir}/gsm8k/train.jsonl", layout: gsm8k}`, `evaluate: {benchmark: gsm8k, data:
+"{data_dir}/gsm8k/test.jsonl"}`); `--set data_dir=PATH` moves them all. A path filled that way must exist when
+the recipe loads: a missing file is an R1kitError naming it, before any stage runs.
+
 Each stage writes into `output_dir/<stage>`; r1kit fills in what connects the stages (the model to start
 from, the task definition, the output directory, the seed: the recipe's seed plus the stage's index), so a stage's `config` holds only its own
 settings. Every stage config is built and validated before any stage runs.
@@ -23,12 +28,13 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveInt
 
 from r1kit.config import build, configclass, merge, parse_overrides, read_yaml
-from r1kit.errors import ConfigError
+from r1kit.errors import ConfigError, R1kitError
+from r1kit.tools.python import ToolConfig
 from r1kit.training.loop import DeviceSetting
 from r1kit.training.recipes import RECIPES, RecipeSpec
 
@@ -47,6 +53,21 @@ class EvalSettings:
     device: DeviceSetting = "auto"  # where the stages' models are evaluated
     stages: list[str] | None = None  # default: every stage that produces a model (+ "base" without pretraining)
     grader: str | None = None  # override the tasks' grader (e.g. last_number for a model answering in prose)
+    # a registered benchmark (gsm8k, math500, ...) evaluated instead of the recipe's synthetic tasks, asked with
+    # the recipe's prompt_template; its first `problems` rows of `data`
+    benchmark: str | None = None
+    data: str | None = None
+    greedy: bool = False  # also greedy pass@1 (one sample at temperature 0), reported as "<benchmark> greedy"
+    matmul_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: the engine's bf16 matmuls (CPU AMX)
+    tools: ToolConfig | None = None  # every stage's model may call the sandboxed Python interpreter
+
+    def __post_init__(self):
+        if self.greedy and self.benchmark is None:
+            raise ConfigError("evaluate.greedy needs evaluate.benchmark")
+        if self.benchmark is not None:
+            from r1kit.evaluation.benchmarks import get_benchmark
+
+            get_benchmark(self.benchmark)  # an unknown name fails at load, naming the built-in ones
 
 
 @dataclass
@@ -119,9 +140,14 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     path = Path(path) if path else DEFAULT_RECIPE
     raw = merge(read_yaml(path), _stage_overrides(read_yaml(path), parse_overrides(overrides)))
     where = str(path)
-    unknown = sorted(set(raw) - {"name", "output_dir", "seed", "model", "tasks", "stages", "evaluate"})
+    unknown = sorted(set(raw) - {"name", "output_dir", "seed", "model", "data_dir", "tasks", "stages", "evaluate"})
     if unknown:
         raise ConfigError(f"{where}: unknown top-level field {unknown[0]!r}")
+    raw, data_files = fill_data_dir(raw, raw.get("data_dir"), where)
+    for field_name, file in data_files:
+        if not file.startswith("hf:") and not Path(file).is_file():
+            raise R1kitError(f"data file not found: {file} ({field_name}, under data_dir {raw['data_dir']!r}; "
+                             "point data_dir at the folder that holds it: --set data_dir=PATH)")
     if output_dir:
         raw["output_dir"] = output_dir
     raw.setdefault("seed", 0)
@@ -161,6 +187,29 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         if s not in [st.name for st in stages] + [BASE]:
             raise ConfigError(f"{where}: evaluate.stages names unknown stage {s!r}")
     return Recipe(out, raw["seed"], raw["model"], tasks, stages, evaluate, raw.get("name", path.stem))
+
+
+DATA_DIR = "{data_dir}"
+
+
+def fill_data_dir(node: Any, data_dir: Any, where: str, at: str = "") -> tuple[Any, list[tuple[str, str]]]:
+    """`node` with "{data_dir}" replaced in every string, and the (field, path) of each string filled."""
+    if isinstance(node, dict):
+        filled, found = {}, []
+        for key, value in node.items():
+            filled[key], more = fill_data_dir(value, data_dir, where, f"{at}.{key}" if at else str(key))
+            found += more
+        return filled, found
+    if isinstance(node, list):
+        pairs = [fill_data_dir(v, data_dir, where, f"{at}[{i}]") for i, v in enumerate(node)]
+        return [v for v, _ in pairs], [f for _, more in pairs for f in more]
+    if isinstance(node, str) and DATA_DIR in node:
+        if not data_dir or not isinstance(data_dir, str):
+            raise ConfigError(f"{where}: {at} uses {DATA_DIR} but the recipe sets no data_dir "
+                              "(add data_dir: PATH, or --set data_dir=PATH)")
+        text = node.replace(DATA_DIR, data_dir.rstrip("/"))
+        return text, [(at, text)]
+    return node, []
 
 
 def _stage_overrides(raw: dict, overrides: dict) -> dict:

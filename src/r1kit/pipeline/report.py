@@ -31,14 +31,20 @@ def _save(fig, path: Path) -> Path:
 
 
 def accuracy_rows(recipe: Recipe, results: dict) -> list[dict]:
+    """Per stage: pass@1, its stderr and cons@k of each evaluation set; their mean, mean tokens and truncation
+    rate over the R1-protocol sets (a greedy run is a column of its own, outside the means)."""
     rows = []
     for stage, per_task in results.items():
         row = {"stage": stage, "kind": recipe.stage(stage).kind}
         for task, s in per_task.items():
             row[task] = s["pass@1"]
-            row[f"{task} cons"] = next((v for k, v in s.items() if k.startswith("cons@")), None)
-        row["mean"] = sum(s["pass@1"] for s in per_task.values()) / max(len(per_task), 1)
-        row["tokens"] = sum(s["mean_tokens"] for s in per_task.values()) / max(len(per_task), 1)
+            row[f"{task} stderr"] = s.get("pass@1_stderr", 0.0)
+            row[f"{task} cons"] = next((v for k, v in s.items() if k.startswith("cons@") and "stderr" not in k), None)
+            row[f"{task} truncated"] = s.get("truncation_rate", 0.0)
+        protocol = [s for task, s in per_task.items() if not task.endswith("-greedy")] or list(per_task.values())
+        row["mean"] = sum(s["pass@1"] for s in protocol) / max(len(protocol), 1)
+        row["tokens"] = sum(s["mean_tokens"] for s in protocol) / max(len(protocol), 1)
+        row["truncated"] = sum(s.get("truncation_rate", 0.0) for s in protocol) / max(len(protocol), 1)
         rows.append(row)
     return rows
 
@@ -63,7 +69,8 @@ def rl_curves(recipe: Recipe, path: Path) -> Path | None:
     runs = {k: [r for r in v if "reward" in r] for k, v in runs.items()}
     if not any(runs.values()):
         return None
-    keys = [("reward", "reward"), ("accuracy", "train accuracy"), ("completion_len", "response length (tokens)")]
+    keys = [("reward", "reward"), ("accuracy", "train accuracy"), ("completion_len", "response length (tokens)"),
+            ("kl", "KL to the reference")]
     keys = [(k, label) for k, label in keys if any(r.get(k) is not None for recs in runs.values() for r in recs)]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
     axes = axes[0]
@@ -159,8 +166,11 @@ def expert_plot(loads: dict, stage: str, path: Path) -> Path | None:
 
 
 def sample_traces(recipe: Recipe, before: str, after: str, per_task: int = 1) -> list[dict]:
+    from r1kit.pipeline.evaluate import eval_names
+
     out = []
-    for task in recipe.tasks.tasks:
+    names = eval_names(recipe)
+    for task in names[-1:] if recipe.evaluate.benchmark else names:  # a benchmark: its last (greedy) set
         recs = {}
         for stage in (before, after):
             p = recipe.output_dir / "eval" / stage / task / "samples.jsonl"
@@ -177,8 +187,10 @@ def _pct(v) -> str:
 
 
 def write_report(recipe: Recipe, results: dict, timings: dict) -> Path:
+    from r1kit.pipeline.evaluate import eval_names
+
     out = recipe.output_dir
-    tasks = list(recipe.tasks.tasks)
+    tasks = eval_names(recipe)
     rows = accuracy_rows(recipe, results)
     images = {"accuracy": accuracy_plot(rows, tasks, out / "accuracy_by_stage.png")}
     if (curves := rl_curves(recipe, out / "rl_curves.png")) is not None:
@@ -188,12 +200,14 @@ def write_report(recipe: Recipe, results: dict, timings: dict) -> Path:
     if moe_stage and (plot := expert_plot(expert_load(recipe, moe_stage), moe_stage, out / "expert_load.png")):
         images["experts"] = plot
     first = next((s.name for s in recipe.stages if s.kind == "pretrain"), rows[0]["stage"] if rows else None)
-    traces = sample_traces(recipe, first, rl_stages[-1]) if rl_stages and first else []
+    per_task = 3 if recipe.evaluate.benchmark else 1
+    traces = sample_traces(recipe, first, rl_stages[-1], per_task) if rl_stages and first else []
     k = recipe.evaluate.samples
     header = ["stage", "kind"] + [f"{t} pass@1" for t in tasks] + [f"{t} cons@{k}" for t in tasks] + \
-        ["mean pass@1", "mean tokens"]
-    table = [[r["stage"], r["kind"]] + [_pct(r[t]) for t in tasks] + [_pct(r[f"{t} cons"]) for t in tasks] +
-             [_pct(r["mean"]), f"{r['tokens']:.0f}"] for r in rows]
+        ["mean pass@1", "mean tokens", "truncated"]
+    table = [[r["stage"], r["kind"]] + [f"{_pct(r[t])} ± {_pct(r[f'{t} stderr'])}" for t in tasks] +
+             [_pct(r[f"{t} cons"]) for t in tasks] + [_pct(r["mean"]), f"{r['tokens']:.0f}", _pct(r["truncated"])]
+             for r in rows]
     distill = [s for s in recipe.stages if s.kind == "distill"]
     notes = rl_summary(recipe)
     if distill and distill[0].name in results and distill[0].init in results:

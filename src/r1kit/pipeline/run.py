@@ -36,6 +36,9 @@ def clear_from(recipe: Recipe, name: str) -> None:
 
 
 def run_pipeline(recipe: Recipe, from_stage: str | None = None, progress: bool = True) -> dict:
+    from r1kit.pipeline.evaluate import check_held_out
+
+    check_held_out(recipe)  # before any training: the evaluation data is never trained on
     recipe.output_dir.mkdir(parents=True, exist_ok=True)
     if from_stage:
         clear_from(recipe, from_stage)

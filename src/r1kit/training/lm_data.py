@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PositiveInt
 
 from r1kit.config import configclass
-from r1kit.errors import R1kitError
+from r1kit.errors import ConfigError, R1kitError
 from r1kit.training.packing import Sample
 from r1kit.training.tasks import TaskData
 
@@ -40,17 +40,24 @@ class CorpusData:
 class ChatData:
     dataset: str | None = None  # chat dataset (JSONL/Parquet/CSV/hf:id); None: cold start from `tasks`
     on_error: Literal["fail", "skip"] = "fail"  # skip: drop rows that lack a usable assistant turn
+    # the answer line of cold-start targets ("{answer}" is replaced); e.g. "The answer is \\boxed{{answer}}." for
+    # a prompt that asks for a boxed answer. Every form here is one `r1kit.rewards.extract_answer` reads.
+    answer_format: str = ANSWER_FORMAT
+
+    def __post_init__(self):
+        if "{answer}" not in self.answer_format:
+            raise ConfigError("data.answer_format must contain {answer}")
 
 
-def cold_start_rows(tasks: TaskData, seed: int) -> list[dict]:
-    """Chat rows from the synthetic tasks' worked solutions: user = the prompt, assistant = reasoning + answer."""
+def cold_start_rows(tasks: TaskData, seed: int, answer_format: str = ANSWER_FORMAT) -> list[dict]:
+    """Chat rows from the tasks' worked solutions: user = the prompt, assistant = reasoning + answer line."""
     from r1kit.training.tasks import example_messages, load_examples
 
     rows = []
     for ex in load_examples(tasks, "train", seed):
         if not ex.get("solution"):
             raise R1kitError(f"example {ex.get('id')} has no worked solution; pass data.dataset instead")
-        reply = {"role": "assistant", "content": ANSWER_FORMAT.format(answer=ex["answer"]),
+        reply = {"role": "assistant", "content": answer_format.replace("{answer}", str(ex["answer"])),
                  "reasoning": ex["solution"]}
         rows.append({"messages": example_messages(ex, tasks) + [reply]})
     return rows
@@ -62,7 +69,7 @@ def chat_samples(data: ChatData, tasks: TaskData, tokenizer, seed: int) -> list[
     from r1kit.training.packing import chat_sample
 
     rows = (load_chat_dataset(data.dataset, on_error=data.on_error) if data.dataset
-            else cold_start_rows(tasks, seed))
+            else cold_start_rows(tasks, seed, data.answer_format))
     if not rows:
         raise R1kitError(f"{data.dataset}: no conversations to train on (from rejection sampling, this means "
                          "the sampled model answered nothing correctly: train the earlier stages longer)")

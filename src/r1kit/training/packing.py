@@ -8,7 +8,10 @@ every message before the final assistant turn followed by the generation prompt.
 rendering past the prompt (reasoning, `</think>`, answer, EOS) are the targets; everything else (system and
 user turns, role markers, the prefilled `<think>`) is masked. When the final turn does not begin with the
 generation prompt (an assistant turn without reasoning under an R1-style template that prefills `<think>`),
-the targets start where the two renderings' token ids first differ.
+the targets start where the two renderings' token ids first differ. A template that ignores the `reasoning`
+field (ChatML, Llama 3: SmolLM2, Qwen2.5 instruct models) would drop the reasoning from the target, so the
+final turn's reasoning is then written into its content as `<think>\nR\n</think>\nA`, the reply format
+`r1kit.reasoning` reads.
 
 Packing concatenates whole samples into rows of at most `seq_len` tokens (first fit, in order). Every token
 carries its sample's `segment_id` (1, 2, ...; 0 for padding) and a `position` that restarts at 0 per sample;
@@ -74,12 +77,27 @@ def text_sample(tokenizer, text: str) -> Sample:
     return Sample(ids, [0] * len(bos) + [1] * (len(ids) - len(bos)))
 
 
+def reasoning_inline(tokenizer, messages: list[dict]) -> list[dict]:
+    """`messages` with the final turn's reasoning in its content when the chat template does not render it."""
+    from r1kit.reasoning import THINK_CLOSE, THINK_OPEN
+    from r1kit.tokenizer import apply_chat_template
+
+    last = messages[-1]
+    reasoning = last.get("reasoning")
+    if not reasoning or reasoning in apply_chat_template(tokenizer, messages, add_generation_prompt=False):
+        return messages
+    inline = {k: v for k, v in last.items() if k != "reasoning"}
+    inline["content"] = f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n{last['content']}"
+    return [*messages[:-1], inline]
+
+
 def chat_sample(tokenizer, messages: list[dict]) -> Sample:
     """A conversation whose final assistant turn is the target (see the module docstring)."""
     from r1kit.tokenizer import apply_chat_template
 
     if not messages or messages[-1].get("role") != "assistant":
         raise R1kitError("an SFT conversation must end with an assistant message")
+    messages = reasoning_inline(tokenizer, messages)
     full = _token_ids(tokenizer, apply_chat_template(tokenizer, messages, add_generation_prompt=False))
     prompt = _token_ids(tokenizer, apply_chat_template(tokenizer, messages[:-1], add_generation_prompt=True))
     start = 0

@@ -8,6 +8,7 @@ same way everywhere. Questions come from r1kit's synthetic generators (`tasks`) 
 from __future__ import annotations
 
 from dataclasses import field
+from typing import Literal
 
 from pydantic import NonNegativeInt, PositiveInt
 
@@ -20,6 +21,9 @@ class TaskData:
     tasks: list[str] = field(default_factory=lambda: ["addition"])  # synthetic task names
     level: PositiveInt = 2
     dataset: str | None = None  # a task dataset (JSONL/Parquet/CSV/hf:id) instead of synthetic tasks
+    # the dataset's rows: r1kit's task layout (`r1kit.data.load_task_dataset`) or GSM8K's question/answer with a
+    # worked solution ending "#### N" (`r1kit.data.gsm8k`: answer N, solution the steps without annotations)
+    layout: Literal["task", "gsm8k"] = "task"
     num_train: PositiveInt = 2000
     num_test: NonNegativeInt = 200
     prompt_template: str = "{question}"
@@ -39,8 +43,9 @@ def load_examples(data: TaskData, split: str, seed: int) -> list[dict]:
     """Train or test examples; synthetic tasks are interleaved so every batch mixes them."""
     if data.dataset:
         from r1kit.data import load_task_dataset
+        from r1kit.data.gsm8k import load_gsm8k
 
-        rows = load_task_dataset(data.dataset, on_error="skip")
+        rows = load_gsm8k(data.dataset) if data.layout == "gsm8k" else load_task_dataset(data.dataset, on_error="skip")
         cut = max(1, len(rows) - data.num_test)
         return rows[:cut] if split == "train" else rows[cut:]
     from r1kit.data import make_task_set
@@ -54,7 +59,8 @@ def load_examples(data: TaskData, split: str, seed: int) -> list[dict]:
 
 def example_messages(example: dict, data: TaskData) -> list[dict]:
     system = [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
-    return system + [{"role": "user", "content": data.prompt_template.format(question=example["question"])}]
+    # replace, not str.format: R1's template holds a literal "\\boxed{}" (as the evaluation's `render` reads it)
+    return system + [{"role": "user", "content": data.prompt_template.replace("{question}", example["question"])}]
 
 
 def score_completion(text: str, example: dict, weights: dict[str, float], *, prefilled_think: bool | None,
