@@ -120,3 +120,20 @@ def test_step_rows_cover_each_row_once_per_epoch_and_are_deterministic():
     assert [id(r) for r in step_rows(rows, 4, 3, seed=0)] == [id(r) for r in step_rows(rows, 4, 3, seed=0)]
     assert torch.equal(collate(step_rows(rows, 2, 2, 0), 0, True).input_ids,
                        collate(step_rows(rows, 2, 2, 0), 0, True).input_ids)
+
+
+def test_tool_output_in_an_sft_trace_is_context_not_target():
+    """The <interpreter> block (what the engine inserts after a cell) is masked out of the SFT loss; the cell and
+    everything the model writes after the output stay targets."""
+    from r1kit.tokenizer import toy_tokenizer
+    from r1kit.training.packing import chat_sample
+
+    tok = toy_tokenizer()
+    trace = "<code>\nprint(482*37)\n</code>\n<interpreter>\n17834\n</interpreter>\nSo 17834."
+    messages = [{"role": "user", "content": "What is 482*37?"},
+                {"role": "assistant", "content": "Answer: 17834", "reasoning": trace}]
+    s = chat_sample(tok, messages)
+    target = "".join(tok.convert_ids_to_tokens([i for i, m in zip(s.ids, s.mask) if m]))
+    context = "".join(tok.convert_ids_to_tokens([i for i, m in zip(s.ids, s.mask) if not m]))
+    assert target == "<code>\nprint(482*37)\n</code>So 17834.\n</think>\nAnswer: 17834<eos>"
+    assert context == "<bos><|user|>What is 482*37?<|assistant|><think>\n\n<interpreter>\n17834\n</interpreter>\n"

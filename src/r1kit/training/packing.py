@@ -105,7 +105,23 @@ def chat_sample(tokenizer, messages: list[dict]) -> Sample:
         start += 1
     if start >= len(full):
         raise R1kitError("the final assistant turn renders to no tokens")
-    return Sample(full, [0] * start + [1] * (len(full) - start))
+    mask = [0] * start + [1] * (len(full) - start)
+    text = apply_chat_template(tokenizer, messages, add_generation_prompt=False)
+    return Sample(full, _mask_tool_output(tokenizer, text, full, mask))
+
+
+def _mask_tool_output(tokenizer, text: str, ids: list[int], mask: list[int]) -> list[int]:
+    """Zero the targets of tokens inside tool output blocks (`<interpreter>...</interpreter>`)."""
+    from r1kit.tools.python import OUTPUT_OPEN, tool_output_spans
+
+    if OUTPUT_OPEN not in text:
+        return mask
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if list(enc.input_ids) != ids:
+        raise R1kitError("internal: the tokenizer's offsets do not match the sample's tokens")
+    spans = tool_output_spans(text)
+    return [0 if any(a < end and b > start for start, end in spans) else m
+            for m, (a, b) in zip(mask, enc.offset_mapping)]
 
 
 def truncate(samples: list[Sample], seq_len: int) -> list[Sample]:
