@@ -151,6 +151,26 @@ def test_dynamic_sampling_keeps_groups_by_accuracy_not_by_reward():
     assert informative_groups(r, 4, "reward").tolist() == [True, True, False]
 
 
+def test_dynamic_sampling_logs_the_first_draws_accuracy(monkeypatch):
+    """The kept rollout mixes right and wrong by construction; collect also returns the accuracy of the step's
+    first draw over every group (here 8 of 12 right), which is what the policy scores."""
+    import r1kit.training.grpo as grpo
+
+    draws = [torch.tensor([1., 1., 1., 1., 1., 0., 1., 0., 0., 0., 1., 1.]),  # groups: all, half, mixed
+             torch.tensor([0., 1., 0., 1., 0., 0., 0., 0., 1., 1., 1., 1.])]
+
+    def fake_rollout(engine, questions, cfg, step, round_=0):
+        c = draws[round_]
+        return grpo.Rollout([{}] * 12, [[1]] * 12, [None] * 12, c.clone(), c, {}, 0.0)
+
+    monkeypatch.setattr(grpo, "rollout", fake_rollout)
+    cfg = load_config(GRPOConfig, overrides={"questions_per_step": 3, "num_generations": 4, "dynamic_sampling": True})
+    train = [{"question": f"q{i}", "answer": "1"} for i in range(10)]
+    r, frac_zero_std, drawn = grpo.collect(None, train, cfg, step=1)
+    assert drawn == pytest.approx(8 / 12) and frac_zero_std == pytest.approx(1 / 3)
+    assert r.correct.tolist() == [1., 0., 1., 0., 0., 0., 1., 1., 0., 1., 0., 1.]  # 2 kept + 1 from round 2
+
+
 class _GradRecorder:
     """Stands in for the optimizer: keeps a copy of the gradients each step would apply."""
 

@@ -188,19 +188,22 @@ def informative_groups(r: Rollout, group_size: int, metric: str = "accuracy") ->
     return keep_informative_groups(r.correct if metric == "accuracy" else r.rewards, group_size)
 
 
-def collect(engine, train: list[dict], cfg: GRPOConfig, step: int) -> tuple[Rollout, float]:
-    """One step's rollout and its frac_zero_std (groups whose rewards are all equal: no policy gradient).
+def collect(engine, train: list[dict], cfg: GRPOConfig, step: int) -> tuple[Rollout, float, float]:
+    """One step's rollout, its frac_zero_std (groups whose rewards are all equal: no policy gradient) and the
+    accuracy of the step's first draw of questions, every group counted.
 
     With dynamic sampling, groups whose `dynamic_sampling_metric` does not vary are dropped (by accuracy: all
     right or all wrong, even when a format or length term makes their rewards differ) and more questions are
-    drawn until `questions_per_step` groups are kept or the rounds run out."""
+    drawn until `questions_per_step` groups are kept or the rounds run out. The rollout's own accuracy is then
+    near 0.5 by construction; the first draw's is the policy's accuracy on the step's questions."""
     from r1kit.training.advantages import keep_informative_groups
 
     G, Q = cfg.num_generations, cfg.questions_per_step
     first = rollout(engine, draw_questions(train, step, cfg.run.seed, Q), cfg, step)
     frac_zero_std = 1.0 - keep_informative_groups(first.rewards, G).float().mean().item()
+    drawn_accuracy = first.correct.mean().item()
     if not cfg.dynamic_sampling:
-        return first, frac_zero_std
+        return first, frac_zero_std, drawn_accuracy
     kept, parts = [], []
     for round_ in range(cfg.max_resample_rounds + 1):
         r = first if round_ == 0 else rollout(engine, draw_questions(train, step, cfg.run.seed, Q, round_), cfg,
@@ -213,8 +216,8 @@ def collect(engine, train: list[dict], cfg: GRPOConfig, step: int) -> tuple[Roll
         if sum(len(k) for k in kept) >= Q:
             break
     if not parts:  # every group was uninformative: train on the first draw (only KL acts)
-        return first, frac_zero_std
-    return concat_rollouts([select_groups(p, k, G) for p, k in zip(parts, kept)]), frac_zero_std
+        return first, frac_zero_std, drawn_accuracy
+    return concat_rollouts([select_groups(p, k, G) for p, k in zip(parts, kept)]), frac_zero_std, drawn_accuracy
 
 
 # ---- the policy update -----------------------------------------------------------------------------------
@@ -405,11 +408,10 @@ def train(cfg: GRPOConfig) -> dict:
         for step in range(run.start_step + 1, cfg.run.steps + 1):
             t0 = time.perf_counter()
             if topo.distributed:  # this rank's share of the step's questions (whole groups)
-                r, frac_zero_std = rollout(engine, rank_share(draw_questions(train_set, step, cfg.run.seed,
-                                                                             cfg.questions_per_step), topo),
-                                           cfg, step), None
+                r, frac_zero_std, drawn = rollout(engine, rank_share(draw_questions(
+                    train_set, step, cfg.run.seed, cfg.questions_per_step), topo), cfg, step), None, None
             else:
-                r, frac_zero_std = collect(engine, train_set, cfg, step)
+                r, frac_zero_std, drawn = collect(engine, train_set, cfg, step)
             metrics = policy_update(run, cfg, r, ref_model, loss_cfg)
             if cfg.rollout_backend == "vllm":
                 engine.update_weights(run.model)
@@ -429,6 +431,7 @@ def train(cfg: GRPOConfig) -> dict:
                                   max(x[3] for x in ranks)),
                 "frac_zero_std": frac_zero_std, **metrics, "lr": run.scheduler.get_last_lr()[0],
                 **(tool_stats([c for x in ranks for c in x[5]], correct.tolist()) if cfg.tools else {}),
+                **({"accuracy_drawn": drawn} if cfg.dynamic_sampling and drawn is not None else {}),
                 "step_s": time.perf_counter() - t0,
             }
             if cfg.eval_every and step % cfg.eval_every == 0:

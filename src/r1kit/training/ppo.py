@@ -214,7 +214,7 @@ def train(cfg: PPOConfig) -> dict:
             log.log(0, {"eval_accuracy": greedy_accuracy(engine, eval_set, cfg.data, cfg.max_new_tokens)})
         for step in range(run.start_step + 1, cfg.run.steps + 1):
             t0 = time.perf_counter()
-            r, frac_zero_std = collect(engine, train_set, cfg, step)
+            r, frac_zero_std, _ = collect(engine, train_set, cfg, step)
             metrics = ppo_update(run, critic, cfg, r, ref_model)
             if cfg.rollout_backend == "vllm":
                 engine.update_weights(run.model)
