@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 import transformers
+from helpers.scripted import ScriptedModel
 
 import r1kit
 from r1kit.errors import R1kitError
@@ -216,35 +217,6 @@ def test_stop_strings_and_finish_reasons(device):
         assert cut.finish_reason == "stop" and cut.text == free.text[: free.text.find(stop)]
     short = generate(model, tok, ["<bos>x"], max_new_tokens=3, temperature=1.0, seed=1)[0]
     assert len(short.token_ids) <= 3
-
-
-class ScriptedModel(torch.nn.Module):
-    """A model whose next token is fixed by the current one: `script` maps a token to its successor (any other
-    token is followed by EOS). The hidden state is the one-hot current token and the head the transition table
-    times 100, so the choice is certain at temperature 1."""
-
-    def __init__(self, tokenizer, script: list[tuple[str, str]], max_seq_len: int = 64):
-        super().__init__()
-        vocab, eos = len(tokenizer), tokenizer.eos_token_id
-        self.config = type("Config", (), {"dim": vocab, "max_seq_len": max_seq_len, "eos_token_id": [eos],
-                                          "pad_token_id": 0})()
-        self.lm_head = torch.nn.Linear(vocab, vocab, bias=False)
-        table = torch.zeros(vocab, vocab)
-        table[eos, :] = 100.0
-        for cur, nxt in script:
-            cur_id, nxt_id = tokenizer.convert_tokens_to_ids([cur, nxt])
-            table[:, cur_id] = 0.0
-            table[nxt_id, cur_id] = 100.0
-        self.lm_head.weight.data = table
-
-    def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
-        pass
-
-    def copy_cache_rows(self, src: int, dst, length: int) -> None:
-        pass  # no cache: the next token depends on the current one only
-
-    def forward_cached(self, input_ids, cache_pos, *, kv_len, cache_rows=None):
-        return torch.nn.functional.one_hot(input_ids, self.config.dim).float()  # (B, T, V)
 
 
 def multichar_tokenizer(pieces: list[str]):

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from helpers.scripted import ScriptedModel
 
 from r1kit.generation import Engine, SamplingParams
 from r1kit.models.config import PRESETS
@@ -98,36 +99,6 @@ def test_tool_output_enters_as_tokens_and_the_cache_matches_a_full_forward(prese
         assert (got[~model_pos] == 0).all()
     assert calls >= 4, "the seeds should sample a few cells"
     assert any(len(c.tool_calls) >= 2 for c in completions)
-
-
-class ScriptedModel(torch.nn.Module):
-    """Next token fixed by the current one (`script`: token -> successor; any other token -> EOS); no cache."""
-
-    def __init__(self, tokenizer, script: list[tuple[str, str]]):
-        super().__init__()
-        vocab, eos = len(tokenizer), tokenizer.eos_token_id
-        self.config = type("Config", (), {"dim": vocab, "max_seq_len": 256, "eos_token_id": [eos],
-                                          "pad_token_id": 0})()
-        table = torch.zeros(vocab, vocab)
-        table[eos, :] = 100.0
-        for cur, nxt in script:
-            cur_id, nxt_id = tokenizer.convert_tokens_to_ids([cur, nxt])
-            table[:, cur_id] = 0.0
-            table[nxt_id, cur_id] = 100.0
-        self.lm_head = torch.nn.Linear(vocab, vocab, bias=False)
-        self.lm_head.weight.data = table
-
-    def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
-        pass
-
-    def copy_cache_rows(self, src, dst, length) -> None:
-        pass
-
-    def move_cache_row(self, src, dst, length) -> None:
-        pass
-
-    def forward_cached(self, input_ids, cache_pos, *, kv_len, cache_rows=None):
-        return torch.nn.functional.one_hot(input_ids, self.config.dim).float()
 
 
 def test_a_slow_call_does_not_stall_the_other_rows(device):

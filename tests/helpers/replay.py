@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class _Config:
-    dim: int
-    max_seq_len: int
-    eos_token_id: list[int]
-    pad_token_id: int = 0
+from helpers.scripted import FakeConfig
 
 
 class ReplayModel(torch.nn.Module):
@@ -30,7 +22,7 @@ class ReplayModel(torch.nn.Module):
         super().__init__()
         vocab = len(tokenizer)
         self.tokenizer, self.reply, self.eos = tokenizer, reply, tokenizer.eos_token_id
-        self.config = _Config(dim=vocab, max_seq_len=max_seq_len, eos_token_id=[self.eos])
+        self.config = FakeConfig(dim=vocab, max_seq_len=max_seq_len, eos_token_id=[self.eos])
         self.embed_tokens = torch.nn.Embedding(vocab, 1)
         self.lm_head = torch.nn.Linear(vocab, vocab, bias=False)
         self.lm_head.weight.data = 100.0 * torch.eye(vocab)  # the hidden state is the one-hot next token
