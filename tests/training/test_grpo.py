@@ -154,7 +154,7 @@ def test_dynamic_sampling_keeps_groups_by_accuracy_not_by_reward():
 def test_dynamic_sampling_logs_the_first_draws_accuracy(monkeypatch):
     """The kept rollout mixes right and wrong by construction; collect also returns the accuracy of the step's
     first draw over every group (here 8 of 12 right), which is what the policy scores."""
-    import r1kit.training.grpo as grpo
+    from r1kit.training import grpo
 
     draws = [torch.tensor([1., 1., 1., 1., 1., 0., 1., 0., 0., 0., 1., 1.]),  # groups: all, half, mixed
              torch.tensor([0., 1., 0., 1., 0., 0., 0., 0., 1., 1., 1., 1.])]
