@@ -438,13 +438,13 @@ class Engine:
     def _resume(self) -> list[Request]:
         """Append finished tool outputs as tokens, run them into their rows and sample the next token.
 
-        When every running request waits on a tool and none waits for a row, block until one call finishes
-        (nothing else could run)."""
+        When every running request waits on a tool and none waits for a row, wait a little for one call to
+        finish (nothing else could run) instead of spinning; briefly, so a server admits new requests meanwhile."""
         pending = [r for r in self.running if r.tool_future is not None]
         if not pending:
             return []
         if all(r.paused for r in self.running) and not (self.waiting and self.free_rows):
-            cf.wait([r.tool_future for r in pending], return_when=cf.FIRST_COMPLETED)
+            cf.wait([r.tool_future for r in pending], timeout=0.05, return_when=cf.FIRST_COMPLETED)
         ready = [r for r in pending if r.tool_future.done()]
         resumed, feeds = [], []
         for req in ready:
