@@ -3,10 +3,12 @@
 Settings shared by both (the issue's): 2 questions x G=8 completions per step, max 128 new tokens,
 temperature 0.7, beta 0.04 (so both keep a reference model), lr 1e-6, fp32 on the CPU, the same prompts
 (two-digit additions asked plainly) and the same reward (`last_number`: the last number of the reply equals
-the sum). Prints each system's seconds per step (median over the timed steps), its mean reward, and the ratio;
-also r1kit with `rollout_dtype: bfloat16` (bf16 matmuls while sampling, fp32 trainer, tis_cap 2).
+the sum). Prints each system's seconds per step (median over the timed steps), completion tokens per second of
+step time (the fair measure when the two sample replies of different lengths), its mean reward, and the ratios;
+also r1kit with `rollout_dtype: bfloat16` (bf16 matmuls while sampling, fp32 trainer, tis_cap 2), and with
+`--bf16` both trainers in bf16 autocast (r1kit: `run.dtype: bfloat16` + bf16 rollouts; TRL: `bf16=True`).
 
-    .venv/bin/python benchmarks/bench_grpo.py [--steps 3] [--skip-trl]
+    .venv/bin/python benchmarks/bench_grpo.py [--steps 3] [--skip-trl] [--bf16]
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ def export_smollm2(directory: Path) -> Path:
     return directory
 
 
-def run_r1kit(model_dir: Path, steps: int, out: Path, loss: dict | None = None,
-              **extra) -> tuple[list[float], list[float]]:
+def run_r1kit(model_dir: Path, steps: int, out: Path, loss: dict | None = None, dtype: str = "float32",
+              **extra) -> tuple[list[float], list[float], list[float]]:
     from r1kit.config import load_config
     from r1kit.training.grpo import GRPOConfig, train
     from r1kit.training.metrics import read_metrics
@@ -49,14 +51,16 @@ def run_r1kit(model_dir: Path, steps: int, out: Path, loss: dict | None = None,
         "micro_batch_size": 16,
         "data": {"tasks": ["addition"], "level": 2, "num_train": 200,
                  "prompt_template": PROMPT},
-        "optim": {"lr": 1e-6}, "run": {"output_dir": str(out), "steps": steps, "save_every": 10_000}, **extra,
+        "optim": {"lr": 1e-6}, "run": {"output_dir": str(out), "steps": steps, "save_every": 10_000, "dtype": dtype},
+        **extra,
     })
     train(cfg)
     records = [r for r in read_metrics(out) if "step_s" in r]
-    return [r["step_s"] for r in records], [r["reward"] for r in records]
+    return ([r["step_s"] for r in records], [r["reward"] for r in records],
+            [16 * r["completion_len"] for r in records])
 
 
-def run_trl(model_dir: Path, steps: int, out: Path) -> tuple[list[float], list[float]]:
+def run_trl(model_dir: Path, steps: int, out: Path, bf16: bool = False) -> tuple[list[float], list[float], list[float]]:
     import transformers
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -74,7 +78,7 @@ def run_trl(model_dir: Path, steps: int, out: Path) -> tuple[list[float], list[f
         return [last_number(c[0]["content"] if isinstance(c, list) else c, answer=a)
                 for c, a in zip(completions, answer)]
 
-    times, rewards = [], []
+    times, rewards, tokens = [], [], []
 
     class Timer(transformers.TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -86,21 +90,23 @@ def run_trl(model_dir: Path, steps: int, out: Path) -> tuple[list[float], list[f
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "reward" in logs:
                 rewards.append(logs["reward"])
+                tokens.append(16 * logs["completions/mean_length"])
 
     args = GRPOConfig(output_dir=str(out), per_device_train_batch_size=16, num_generations=8,
                       max_completion_length=128, temperature=0.7, beta=0.04, learning_rate=1e-6, max_steps=steps,
-                      logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
+                      logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=bf16,
                       gradient_accumulation_steps=1, seed=0)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=tok,
                           callbacks=[Timer()])
     trainer.train()
-    return times, rewards
+    return times, rewards, tokens
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="also both trainers in bf16 autocast")
     args = ap.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as d:
@@ -111,17 +117,24 @@ def main() -> None:
                                                    rollout_dtype="bfloat16", loss={"tis_cap": 2.0})
         if not args.skip_trl:
             results["trl"] = run_trl(model_dir, args.steps, Path(d) / "trl")
+        if args.bf16:
+            results["r1kit-bf16"] = run_r1kit(model_dir, args.steps, Path(d) / "r1kit-bf16-all", dtype="bfloat16",
+                                              rollout_dtype="bfloat16", loss={"tis_cap": 2.0})
+            if not args.skip_trl:
+                results["trl-bf16"] = run_trl(model_dir, args.steps, Path(d) / "trl-bf16", bf16=True)
     print(f"GRPO on SmolLM2-135M: 2 questions x G=8, 128 new tokens, beta 0.04, fp32, {torch.get_num_threads()} "
           f"threads, {args.steps} steps")
-    med = {}
-    for name, (times, rewards) in results.items():
+    med, tok_s = {}, {}
+    for name, (times, rewards, tokens) in results.items():
         med[name] = statistics.median(times)
-        print(f"{name:>6}: {med[name]:.1f} s/step (steps: {', '.join(f'{t:.1f}' for t in times)}), "
-              f"mean reward {sum(rewards) / max(len(rewards), 1):.3f}")
-    if "trl" in med:
-        for name in ("r1kit", "r1kit-bf16-rollouts"):
-            print(f"ratio trl/{name} seconds per step: {med['trl'] / med[name]:.2f}")
-    print(json.dumps({k: {"s_per_step": v} for k, v in med.items()}))
+        tok_s[name] = sum(tokens) / sum(times)  # completion tokens per second of step time, over every step
+        print(f"{name:>20}: {med[name]:.1f} s/step (steps: {', '.join(f'{t:.1f}' for t in times)}), "
+              f"{tok_s[name]:.1f} completion tok/s, mean reward {sum(rewards) / max(len(rewards), 1):.3f}")
+    for peer, ours in (("trl", "r1kit"), ("trl", "r1kit-bf16-rollouts"), ("trl-bf16", "r1kit-bf16")):
+        if peer in med and ours in med:
+            print(f"{ours} / {peer}: {tok_s[ours] / tok_s[peer]:.2f}x completion tokens per second of step time "
+                  f"({med[peer] / med[ours]:.2f}x in median seconds per step)")
+    print(json.dumps({k: {"s_per_step": med[k], "completion_tok_s": tok_s[k]} for k in med}))
 
 
 if __name__ == "__main__":
