@@ -10,7 +10,9 @@ import sys
 
 def _sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--model", required=True, help="preset, HF checkpoint directory or .gguf file")
-    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--system", default=None,
+                   help="system message (with --tools python the default describes the interpreter; --system '' "
+                        "sends none, for a model trained on the format)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.95)
@@ -124,7 +126,7 @@ def _load(args):
 def _messages(args, history: list[dict], user: str) -> list[dict]:
     from r1kit.tools.python import TOOL_INSTRUCTIONS
 
-    text = args.system or (TOOL_INSTRUCTIONS if getattr(args, "tools", None) else None)
+    text = args.system if args.system is not None else (TOOL_INSTRUCTIONS if getattr(args, "tools", None) else None)
     system = [{"role": "system", "content": text}] if text else []
     return system + history + [{"role": "user", "content": user}]
 
