@@ -120,3 +120,24 @@ def test_a_slow_call_does_not_stall_the_other_rows(device):
     assert c.tool_calls[0].code == "import time; time.sleep(1.5)" and c.tool_calls[0].seconds >= 1.4
     # the cell | \n <interpreter> \n (empty output) \n </interpreter> \n | a EOS
     assert c.model_mask == [True] + [False] * 6 + [True, True]
+
+
+def test_a_reply_without_room_for_the_output_ends_and_step_reports_it(device):
+    """The output block (6 tokens) does not fit in max_new_tokens=4: the reply keeps what fits, ends with
+    "length", and the step that ends it returns it (a server streaming from step() must see it finish)."""
+    cell = "<code>print(1)</code>"
+    tok = tool_tokenizer(extra=[cell, "1"])
+    model = ScriptedModel(tok, [("Q", cell)]).to(device)
+    engine = Engine(model, tok, max_batch_size=1, tools=ToolConfig(timeout=5.0))
+    req = engine.add_request(tok.convert_tokens_to_ids(["Q"]), SamplingParams(max_new_tokens=4, seed=0))
+    seen_done = False
+    for _ in range(200):
+        seen_done |= any(r is req and r.done for r in engine.step())
+        if req.done:
+            break
+    assert seen_done and req.finish_reason == "length"
+    c = req.completion()
+    # the cell, then the first 3 tokens of "\n<interpreter>\n1\n</interpreter>\n"
+    assert c.token_ids == tok.convert_tokens_to_ids([cell, "\n", "<interpreter>", "\n"])
+    assert c.model_mask == [True, False, False, False] and c.text == cell + "\n<interpreter>\n"
+    assert not engine.has_work()

@@ -436,7 +436,8 @@ class Engine:
                 req.tool_code = None
 
     def _resume(self) -> list[Request]:
-        """Append finished tool outputs as tokens, run them into their rows and sample the next token.
+        """Append finished tool outputs as tokens, run them into their rows and sample the next token; returns
+        the requests it touched (a caller streaming text or waiting for `done` sees them as `step()`'s).
 
         When every running request waits on a tool and none waits for a row, wait a little for one call to
         finish (nothing else could run) instead of spinning; briefly, so a server admits new requests meanwhile."""
@@ -474,10 +475,7 @@ class Engine:
             self.rows.token[rows] = tokens
             self.rows.pos[rows] = torch.tensor([len(r.prompt_ids) + len(r.out_ids) - 1 for r in resumed],
                                                device=self.device)
-        for req in ready:
-            if req.done:
-                self._release(req)
-        return resumed
+        return ready  # touched this step: resumed with a new token, or finished (no room after the output)
 
     def _extend(self, reqs: list[Request], feeds: list[tuple[list[int], int]]) -> torch.Tensor:
         """Run each request's new tokens into its row from a start position; the hidden state at each last token.
