@@ -47,7 +47,7 @@ from r1kit.generation.sampling import (
 )
 from r1kit.models.linear import PackedLinears
 from r1kit.reasoning import prompt_opens_think, split_reasoning
-from r1kit.tools.python import PythonSession, ToolCall, ToolConfig, code_of, render_output
+from r1kit.tools.python import CODE_CLOSE, PythonSession, ToolCall, ToolConfig, code_of, render_output
 
 
 @dataclass
@@ -413,7 +413,7 @@ class Engine:
                 req.finish_reason = "stop"
             elif self._room(req) <= 0:
                 req.finish_reason = "length"
-            elif self.tools and len(req.text) > checked:
+            elif self.tools and CODE_CLOSE in req.text[max(0, checked - len(CODE_CLOSE)):]:
                 req.tool_code = code_of(req.text)  # the text ends a cell: pause for the tool
         if req.done and not req.cut_at_stop:
             ids = req.out_ids[:-1] if req.finish_reason == "stop" else req.out_ids  # drop the EOS

@@ -98,7 +98,8 @@ def chat_sample(tokenizer, messages: list[dict]) -> Sample:
     if not messages or messages[-1].get("role") != "assistant":
         raise R1kitError("an SFT conversation must end with an assistant message")
     messages = reasoning_inline(tokenizer, messages)
-    full = _token_ids(tokenizer, apply_chat_template(tokenizer, messages, add_generation_prompt=False))
+    text = apply_chat_template(tokenizer, messages, add_generation_prompt=False)
+    full = _token_ids(tokenizer, text)
     prompt = _token_ids(tokenizer, apply_chat_template(tokenizer, messages[:-1], add_generation_prompt=True))
     start = 0
     while start < min(len(full), len(prompt)) and full[start] == prompt[start]:
@@ -106,7 +107,6 @@ def chat_sample(tokenizer, messages: list[dict]) -> Sample:
     if start >= len(full):
         raise R1kitError("the final assistant turn renders to no tokens")
     mask = [0] * start + [1] * (len(full) - start)
-    text = apply_chat_template(tokenizer, messages, add_generation_prompt=False)
     return Sample(full, _mask_tool_output(tokenizer, text, full, mask))
 
 
