@@ -24,7 +24,8 @@ SHORT = [
     "distill.run.steps=10", "distill.batch.seq_len=128", "distill.batch.batch_size=8", "distill.optim.warmup_steps=1",
     "evaluate.problems=20", "evaluate.samples=4", "evaluate.max_new_tokens=32",
 ] + [f"{stage}.{field}" for stage, steps in (("r1_zero", 4), ("r1_rl", 4), ("r1_final", 8)) for field in (
-    f"run.steps={steps}", "questions_per_step=4", "num_generations=4", "max_new_tokens=32", "optim.lr=1.0e-4")]
+    f"run.steps={steps}", "questions_per_step=4", "num_generations=4", "max_new_tokens=32", "optim.lr=1.0e-4",
+    "optim.warmup_steps=0")]
 
 
 def test_short_recipe_runs_every_stage_teaches_and_writes_the_report(tmp_path, capsys):
