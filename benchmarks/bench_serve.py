@@ -281,6 +281,7 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     results: dict[tuple[str, str], dict[int, Result]] = {}
+    failed: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         work, logs = Path(args.work_dir or tmp), Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -295,10 +296,10 @@ def main() -> int:
                 label = f"{server.name} {precision}"
                 try:
                     results[(server.name, precision)] = bench_server(server, label, args, tokenizer, logs)
-                except (RuntimeError, TimeoutError, httpx.HTTPError) as e:
+                except (RuntimeError, TimeoutError, httpx.HTTPError) as e:  # report it, measure the others
                     log = (logs / f"{label}.log").read_text()[-2000:] if (logs / f"{label}.log").exists() else ""
                     print(f"{label}: failed: {e}\n{log}", file=sys.stderr)
-                    return 1
+                    failed.append(label)
     for (name, precision), peer in results.items():
         ours = results.get(("r1kit", precision))
         if name == "r1kit" or ours is None:
@@ -309,7 +310,7 @@ def main() -> int:
         if 1 in args.clients:
             print(f"ratio ttft {precision} clients=1: {name}/r1kit = {peer[1].ttft_s / ours[1].ttft_s:.2f}x "
                   f"({peer[1].ttft_s * 1000:.0f} ms vs {ours[1].ttft_s * 1000:.0f} ms)")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
