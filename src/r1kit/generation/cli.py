@@ -35,6 +35,13 @@ def add_precision_args(p: argparse.ArgumentParser) -> None:
                         "codes); quality and speed in docs/quantization.md")
 
 
+def add_compile_arg(p: argparse.ArgumentParser) -> None:
+    """`--compile` (generate, chat and serve: the engine's decode step through torch.compile)."""
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decode step with torch.compile: the first reply waits for the compile "
+                        "(minutes on a CPU), later steps run faster at small batches (README)")
+
+
 def add_tool_args(p: argparse.ArgumentParser) -> None:
     """`--tools python` and the tool's limits (shared by generate, chat, eval and serve)."""
     g = p.add_argument_group("tools (docs/tools.md)")
@@ -104,6 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="mtp: draft one token per step with the model's MTP head and verify it (same output "
                         "distribution; greedy output unchanged); pays when the drafts are mostly accepted")
     add_tool_args(p)
+    add_compile_arg(p)
     add_backend_args(p)
     p.set_defaults(func=_generate)
 
@@ -112,6 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Ctrl-C stops the current reply; Ctrl-D or /exit quits; /reset clears history.")
     _sampling_args(c, temperature=0.6)
     add_tool_args(c)
+    add_compile_arg(c)
     c.set_defaults(func=_chat)
 
 
@@ -142,7 +151,8 @@ def _generate(args) -> int:
         raise R1kitError("--tools runs in r1kit's own engine; it does not apply to --backend vllm")
     engine = model if isinstance(model, VLLMEngine) else Engine(model, tok, max_batch_size=1,
                                                                  matmul_dtype=matmul_dtype(args),
-                                                                 speculative=args.speculative, tools=tool_config(args))
+                                                                 speculative=args.speculative, tools=tool_config(args),
+                                                                 compile=args.compile)
     c = engine.generate([prompt], params)[0]
     if args.json:
         tools = {"tool_calls": [dataclasses.asdict(t) for t in c.tool_calls]} if args.tools else {}
@@ -192,7 +202,8 @@ def _chat(args) -> int:
     from r1kit.generation import Engine
 
     model, tok, params = _load(args)
-    engine = Engine(model, tok, max_batch_size=1, matmul_dtype=matmul_dtype(args), tools=tool_config(args))
+    engine = Engine(model, tok, max_batch_size=1, matmul_dtype=matmul_dtype(args), tools=tool_config(args),
+                    compile=args.compile)
     history: list[dict] = []
     print("r1kit chat — Ctrl-C stops a reply, Ctrl-D or /exit quits, /reset clears the history.")
     while True:

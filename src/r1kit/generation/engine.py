@@ -21,6 +21,10 @@ One Engine serves `r1kit.generate`, GRPO rollouts, rejection sampling, evaluatio
   and run into the same cache row, and decoding resumes (`_resume`). The model's own tokens are never
   re-encoded from text, so a trainer sees exactly the ids that were sampled.
 
+- `compile=True` runs the decode step's model part (forward over rows 0..n-1 and the head) through
+  `torch.compile(dynamic=True)`: one graph for every batch size and cache length, built on the first decode
+  step (minutes on a CPU); prefill, tool-output insertion and speculative steps stay eager.
+
 Left out: paged attention, a prefix cache across finished requests and partial-prefix matching; CUDA graphs. For GPU-scale
 serving use the vLLM backend (`r1kit.generation.vllm_backend`) behind the same `generate` interface.
 """
@@ -45,7 +49,7 @@ from r1kit.generation.sampling import (
     policy_probs,
     sample,
 )
-from r1kit.models.linear import PackedLinears
+from r1kit.models.linear import PackedLinears, packing_supported
 from r1kit.reasoning import prompt_opens_think, split_reasoning
 from r1kit.tools.python import CODE_CLOSE, PythonSession, ToolCall, ToolConfig, code_of, render_output
 
@@ -135,8 +139,10 @@ class RowState:
 class Engine:
     def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_seq_len: int | None = None,
                  prefill_chunk: int = 512, matmul_dtype: torch.dtype | None = None, share_prefixes: bool = True,
-                 speculative: str | None = None, tools: ToolConfig | None = None):
-        """tools: the model may call the sandboxed Python interpreter (r1kit/tools/python.py) with these limits.
+                 speculative: str | None = None, tools: ToolConfig | None = None, compile: bool = False):
+        """compile: run the decode step through torch.compile (opt-in: the first decode step compiles for minutes
+        on a CPU; measured in README "Speed against the peers").
+        tools: the model may call the sandboxed Python interpreter (r1kit/tools/python.py) with these limits.
         speculative: "mtp" drafts one token per step with the model's MTP head and verifies it with the main
         model in the same forward (see generation/speculative.py): up to 2 tokens per step, same distribution.
         share_prefixes: requests with identical prompt ids prefill once and copy its cache rows (see `_admit`).
@@ -173,6 +179,10 @@ class Engine:
             raise R1kitError("tool calls and speculative decoding cannot be combined yet")
         self.tools = tools
         self._tool_pool = cf.ThreadPoolExecutor(tools.workers, thread_name_prefix="r1kit-tool") if tools else None
+        if compile and packing_supported(model, matmul_dtype):
+            raise R1kitError("compile=True cannot compile oneDNN-packed bf16 weights (bf16 matmuls, or a bf16 model "
+                             "on the CPU): inductor fails to lower them; use either compile or bf16 matmuls")
+        self._decode_logits_fn = torch.compile(self._decode_logits, dynamic=True) if compile else self._decode_logits
 
     @property
     def device(self) -> torch.device:
@@ -344,14 +354,22 @@ class Engine:
         n = len(reqs)
         kv_len = max(len(r.prompt_ids) + len(r.out_ids) for r in reqs)  # from the host: no device sync
         if [r.row for r in reqs] == list(range(n)):
-            rows, cache_rows = slice(0, n), None
+            rows = slice(0, n)
+            logits = self._decode_logits_fn(self.rows.token[rows], self.rows.pos[rows], kv_len)
         else:
-            rows = cache_rows = torch.tensor([r.row for r in reqs], device=self.device)
-        h = self.model.forward_cached(self.rows.token[rows, None], self.rows.pos[rows, None], kv_len=kv_len,
-                                      cache_rows=cache_rows)
-        tokens = self._sample_and_append(reqs, self.model.lm_head(h[:, -1]), self.rows.sampling[rows])
+            rows = torch.tensor([r.row for r in reqs], device=self.device)
+            h = self.model.forward_cached(self.rows.token[rows, None], self.rows.pos[rows, None], kv_len=kv_len,
+                                          cache_rows=rows)
+            logits = self.model.lm_head(h[:, -1])
+        tokens = self._sample_and_append(reqs, logits, self.rows.sampling[rows])
         self.rows.token[rows] = tokens
         self.rows.pos[rows] += 1
+
+    def _decode_logits(self, tokens: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """The model part of a decode step over cache rows 0..n-1: tokens (n,) at positions (n,) -> logits (n, V).
+        The part `compile=True` compiles: fixed-rank shapes, no host sync."""
+        h = self.model.forward_cached(tokens[:, None], pos[:, None], kv_len=kv_len)
+        return self.model.lm_head(h[:, -1])
 
     def _sample_and_append(self, reqs: list[Request], logits: torch.Tensor,
                            sampling: SamplingTensors) -> torch.Tensor:

@@ -85,6 +85,9 @@ class Experts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * inter, d))
         self.down_proj = nn.Parameter(torch.empty(E, d, inter))
 
+    # Eager under torch.compile (a compiled decode step breaks the graph here): torch 2.13's fake-tensor rule for
+    # F.grouped_mm on the CPU accepts bf16 only, while eager runs it in fp32 too.
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor):
         """x (N, d), weights/indices (N, k), counts (E,) tokens per expert. Returns (N, d)."""
         k = indices.shape[1]

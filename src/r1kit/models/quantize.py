@@ -138,6 +138,8 @@ def _aligned(t: torch.Tensor, alignment: int) -> torch.Tensor:
     """t, or a fresh (64-byte aligned) copy when its data is not `alignment`-byte aligned: the CPU kernels use
     aligned vector loads (safetensors hands out tensors 8-byte aligned; views start anywhere)."""
     t = t.contiguous()
+    if torch.compiler.is_compiling():  # inductor's buffers are aligned; a data_ptr check would break the graph
+        return t
     return t if t.data_ptr() % alignment == 0 else t.clone()
 
 
@@ -237,6 +239,8 @@ class Int4Linear(nn.Module):
         device = self.weight.device
         if device.type not in ("cpu", "cuda"):
             return None
+        if torch.compiler.is_compiling() and self._kernel is not None:
+            return self._kernel[1]  # built by an eager call (the prefill): no data_ptr guard in a compiled step
         key = (device, self.weight.data_ptr(), self.scales_and_zeros.data_ptr(), self.scales_and_zeros.dtype)
         if self._kernel is None or self._kernel[0] != key:
             codes, sz = unpack_nibbles(self.weight), self.scales_and_zeros

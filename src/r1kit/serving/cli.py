@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from r1kit.generation.cli import add_precision_args, add_tool_args
+from r1kit.generation.cli import add_compile_arg, add_precision_args, add_tool_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds a request may take, queueing included; then it stops with finish_reason 'length'")
     add_precision_args(p)
     add_tool_args(p)  # the server-side Python interpreter, run in the sandbox inside the model's reasoning
+    add_compile_arg(p)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_serve)
 
@@ -59,7 +60,8 @@ def _serve(args) -> int:
     model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device,
                        quantize=args.quantize).eval()
     engine = Engine(model, load_tokenizer(args.model), max_batch_size=args.max_concurrency,
-                    max_seq_len=args.max_seq_len, matmul_dtype=matmul_dtype(args), tools=tool_config(args))
+                    max_seq_len=args.max_seq_len, matmul_dtype=matmul_dtype(args), tools=tool_config(args),
+                    compile=args.compile)
     config = ServerConfig(model_name=args.served_model_name or served_name(args.model), api_key=args.api_key,
                           max_queue=args.max_queue, request_timeout_s=args.request_timeout,
                           default_system=TOOL_INSTRUCTIONS if args.tools else None)
