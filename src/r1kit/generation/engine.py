@@ -141,7 +141,7 @@ class Engine:
                  prefill_chunk: int = 512, matmul_dtype: torch.dtype | None = None, share_prefixes: bool = True,
                  speculative: str | None = None, tools: ToolConfig | None = None, compile: bool = False):
         """compile: run the decode step through torch.compile (opt-in: the first decode step compiles for minutes
-        on a CPU; measured in README "Speed against the peers").
+        on a CPU; measured in README "Generation", benchmarks/bench_compile.py).
         tools: the model may call the sandboxed Python interpreter (r1kit/tools/python.py) with these limits.
         speculative: "mtp" drafts one token per step with the model's MTP head and verifies it with the main
         model in the same forward (see generation/speculative.py): up to 2 tokens per step, same distribution.
