@@ -2,16 +2,17 @@
 
 Same starting model (the recipe's cold start), same question pool (GSM8K train, asked with the recipe's prompt
 template through the model's chat template), same reward (r1kit's `accuracy` + 0.2 x `format`, which read only
-the committed answer), same step shape and hyperparameters as `recipes/r1_smollm2_gsm8k.yaml`'s `r1_rl`: 4
-questions x 8 samples, 256 new tokens, temperature 0.7, beta 0.001, lr 5e-6 constant after 3 warmup steps,
-clip 0.2, per-sequence ("grpo") loss, bf16 autocast, 40 steps. The questions are drawn by each trainer's own
-sampler, so the two see different questions from the same pool. Then the trained model is evaluated with
-`r1kit eval` exactly as the pipeline evaluates its stages (first 500 test problems, k=4, T=0.6, top-p 0.95, and
-greedy), and the numbers are printed next to r1kit's from the pipeline's directory.
+the committed answer), same step shape and hyperparameters, read from `recipes/r1_smollm2_gsm8k.yaml`'s `r1_rl`
+(today 4 questions x 8 samples, 256 new tokens, temperature 0.7, beta 0.001, lr 5e-6 constant after 3 warmup
+steps, bf16 autocast, 40 steps; clip 0.2 and the per-sequence "grpo" loss, r1kit's defaults). The questions are
+drawn by each trainer's own sampler, so the two see different questions from the same pool. Then the trained
+model is evaluated with `r1kit eval` with the recipe's `evaluate` settings, as the pipeline evaluates its stages
+(today the first 500 test problems, k=4, T=0.6, top-p 0.95, and greedy), and the numbers are printed next to
+r1kit's from the pipeline's directory.
 
     .venv/bin/python benchmarks/gsm8k_trl_rl.py --pipeline runs/r1-smollm2-gsm8k --data-dir ../shared/data
     .venv/bin/python benchmarks/gsm8k_trl_rl.py --pipeline ... --steps 1 --questions-per-step 1 \\
-        --max-new-tokens 16 --eval-problems 2      # a plumbing check (minutes)
+        --num-generations 2 --max-new-tokens 16 --eval-problems 2      # a plumbing check (minutes)
 
 Needs `trl` (with the test extras: `pip install -e '.[test]'`).
 """
@@ -28,8 +29,9 @@ from pathlib import Path
 RECIPE = Path(__file__).resolve().parents[1] / "src/r1kit/recipes/r1_smollm2_gsm8k.yaml"
 
 
-def train_trl(model_dir: Path, questions: list[dict], prompt_template: str, out: Path, args) -> float:
-    """GRPO with TRL from `model_dir` into `out/final`; returns the wall time of `trainer.train()` in seconds."""
+def train_trl(model_dir: Path, questions: list[dict], recipe: dict, out: Path, args) -> float:
+    """GRPO with TRL from `model_dir` into `out/final`, with the recipe's r1_rl settings (step shape from `args`);
+    returns the wall time of `trainer.train()` in seconds."""
     import torch
     import transformers
     from datasets import Dataset
@@ -37,15 +39,16 @@ def train_trl(model_dir: Path, questions: list[dict], prompt_template: str, out:
 
     from r1kit.rewards import get_reward
 
-    accuracy, fmt = get_reward("accuracy"), get_reward("format")
-
-    def text_of(completion) -> str:
-        return completion[0]["content"] if isinstance(completion, list) else completion
+    rl = recipe["stages"]["r1_rl"]["config"]
+    weights = rl["rewards"]  # {"accuracy": 1.0, "format": 0.2}
+    rewards = {name: get_reward(name) for name in weights}
 
     def reward(completions, answer, **_):  # r1kit's rewards on the reply text (the template prefills nothing)
-        return [(accuracy(text_of(c), answer=a) or 0.0) + 0.2 * fmt(text_of(c)) for c, a in zip(completions, answer)]
+        texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+        return [sum(w * (rewards[n](t, answer=a) or 0.0) for n, w in weights.items()) for t, a in zip(texts, answer)]
 
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": prompt_template.replace("{question}", q["question"])}],
+    template = recipe["tasks"]["prompt_template"]
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": template.replace("{question}", q["question"])}],
                                "answer": q["answer"]} for q in questions])
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
@@ -53,9 +56,11 @@ def train_trl(model_dir: Path, questions: list[dict], prompt_template: str, out:
     config = GRPOConfig(
         output_dir=str(out / "trl"), per_device_train_batch_size=min(16, completions),
         gradient_accumulation_steps=max(1, completions // 16), num_generations=args.num_generations,
-        max_completion_length=args.max_new_tokens, temperature=0.7, top_p=1.0, beta=0.001, epsilon=0.2,
-        loss_type="grpo", scale_rewards="group", learning_rate=5e-6, lr_scheduler_type="constant_with_warmup",
-        warmup_steps=min(3, args.steps), max_grad_norm=1.0, max_steps=args.steps, bf16=True, use_cpu=True,
+        max_completion_length=args.max_new_tokens, temperature=rl["temperature"], top_p=1.0,
+        beta=rl["loss"]["beta"], epsilon=0.2, loss_type="grpo", scale_rewards="group",
+        learning_rate=rl["optim"]["lr"], lr_scheduler_type="constant_with_warmup",
+        warmup_steps=min(rl["optim"]["warmup_steps"], args.steps), max_grad_norm=rl["optim"]["max_grad_norm"],
+        max_steps=args.steps, bf16=rl["run"]["dtype"] == "bfloat16", use_cpu=True,
         logging_steps=1, save_strategy="no", report_to=[], seed=0)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=data,
                           processing_class=tokenizer)
@@ -68,14 +73,17 @@ def train_trl(model_dir: Path, questions: list[dict], prompt_template: str, out:
     return seconds
 
 
-def evaluate(model: Path, test_file: Path, out: Path, args, greedy: bool) -> dict:
-    """`r1kit eval` with the pipeline's settings; returns its summary."""
+def evaluate(model: Path, test_file: Path, out: Path, recipe: dict, args, greedy: bool) -> dict:
+    """`r1kit eval` with the recipe's `evaluate` settings (as the pipeline runs it); returns its summary."""
+    ev = recipe["evaluate"]
     r1kit = Path(sys.executable).parent / "r1kit"
     sampling = ["--samples", "1", "--temperature", "0"] if greedy else [
-        "--samples", str(args.eval_samples), "--temperature", "0.6", "--top-p", "0.95"]
-    subprocess.run([str(r1kit), "eval", "--model", str(model), "--benchmark", "gsm8k", "--data", str(test_file),
-                    "--limit", str(args.eval_problems), "--max-new-tokens", "256", "--batch-size", "128",
-                    "--bf16-matmuls", "--no-progress", "--out", str(out), *sampling], check=True)
+        "--samples", str(ev["samples"]), "--temperature", str(ev["temperature"]), "--top-p", str(ev["top_p"])]
+    bf16 = ["--bf16-matmuls"] if ev.get("matmul_dtype") == "bfloat16" else []
+    subprocess.run([str(r1kit), "eval", "--model", str(model), "--benchmark", ev["benchmark"], "--data",
+                    str(test_file), "--limit", str(args.eval_problems), "--max-new-tokens", str(ev["max_new_tokens"]),
+                    "--batch-size", str(ev["batch_size"]), *bf16, "--no-progress", "--out", str(out), *sampling],
+                   check=True)
     return json.loads((out / "summary.json").read_text())
 
 
@@ -83,11 +91,9 @@ def pipeline_figures(pipeline: Path) -> dict:
     """r1kit's r1_rl stage from a pipeline directory: wall time and the evaluation summaries, where present."""
     timings = pipeline / "timings.json"
     figures = {"seconds": json.loads(timings.read_text()).get("r1_rl") if timings.exists() else None}
-    for name in ("sampled", "greedy"):
-        for summary in sorted((pipeline / "eval" / "r1_rl").rglob("summary.json")):
-            data = json.loads(summary.read_text())
-            if (data["settings"]["temperature"] == 0) == (name == "greedy"):
-                figures[name] = data
+    for summary in sorted((pipeline / "eval" / "r1_rl").rglob("summary.json")):
+        data = json.loads(summary.read_text())
+        figures["greedy" if data["settings"]["temperature"] == 0 else "sampled"] = data
     return figures
 
 
@@ -98,13 +104,20 @@ def main() -> int:
     p.add_argument("--pipeline", required=True, help="the recipe's output directory (holds cold_start/final)")
     p.add_argument("--data-dir", required=True, help="the folder holding gsm8k/train.jsonl and gsm8k/test.jsonl")
     p.add_argument("--out", default=None, help="default: <pipeline>/trl_rl")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--questions-per-step", type=int, default=4)
-    p.add_argument("--num-generations", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--eval-problems", type=int, default=500)
-    p.add_argument("--eval-samples", type=int, default=4)
+    # the step shape and evaluation size default to the recipe's (smaller values: a plumbing check)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--questions-per-step", type=int, default=None)
+    p.add_argument("--num-generations", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--eval-problems", type=int, default=None)
     args = p.parse_args()
+    recipe = yaml.safe_load(RECIPE.read_text())
+    rl = recipe["stages"]["r1_rl"]["config"]
+    for name, value in (("steps", rl["run"]["steps"]), ("questions_per_step", rl["questions_per_step"]),
+                        ("num_generations", rl["num_generations"]), ("max_new_tokens", rl["max_new_tokens"]),
+                        ("eval_problems", recipe["evaluate"]["problems"])):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     from r1kit.data.gsm8k import check_disjoint, load_gsm8k
 
@@ -114,17 +127,18 @@ def main() -> int:
     for path in (cold_start, data_dir / "gsm8k/train.jsonl", data_dir / "gsm8k/test.jsonl"):
         if not path.exists():
             p.error(f"{path} does not exist")
-    prompt_template = yaml.safe_load(RECIPE.read_text())["tasks"]["prompt_template"]
     train, test = load_gsm8k(str(data_dir / "gsm8k/train.jsonl")), load_gsm8k(str(data_dir / "gsm8k/test.jsonl"))
     check_disjoint([q["question"] for q in train], [q["question"] for q in test[: args.eval_problems]])
 
     if not (out / "final" / "config.json").exists():
-        seconds = train_trl(cold_start, train, prompt_template, out, args)
+        seconds = train_trl(cold_start, train, recipe, out, args)
         (out / "seconds.json").write_text(json.dumps({"train_s": seconds}))
     seconds = json.loads((out / "seconds.json").read_text())["train_s"]
     trl = {"seconds": seconds,
-           "sampled": evaluate(out / "final", data_dir / "gsm8k/test.jsonl", out / "eval_sampled", args, False),
-           "greedy": evaluate(out / "final", data_dir / "gsm8k/test.jsonl", out / "eval_greedy", args, True)}
+           "sampled": evaluate(out / "final", data_dir / "gsm8k/test.jsonl", out / "eval_sampled", recipe, args,
+                               greedy=False),
+           "greedy": evaluate(out / "final", data_dir / "gsm8k/test.jsonl", out / "eval_greedy", recipe, args,
+                              greedy=True)}
     ours = pipeline_figures(pipeline)
 
     def row(name: str, fig: dict) -> str:
@@ -136,7 +150,7 @@ def main() -> int:
 
     print(f"GSM8K RL stage, {args.steps} steps of {args.questions_per_step} x {args.num_generations}, "
           f"{args.max_new_tokens} new tokens; evaluation on the first {args.eval_problems} test problems")
-    print("| trainer | RL wall time | pass@1 (k=4, %) | greedy (%) |\n|---|---|---|---|")
+    print(f"| trainer | RL wall time | pass@1 (k={recipe['evaluate']['samples']}, %) | greedy (%) |\n|---|---|---|---|")
     print(row("r1kit (pipeline's r1_rl)", ours))
     print(row("TRL GRPOTrainer", trl))
     if ours.get("seconds"):

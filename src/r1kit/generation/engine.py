@@ -356,19 +356,18 @@ class Engine:
         if [r.row for r in reqs] == list(range(n)):
             rows = slice(0, n)
             logits = self._decode_logits_fn(self.rows.token[rows], self.rows.pos[rows], kv_len)
-        else:
+        else:  # rare (a paused row below): eager, so it never waits for a compile of its own
             rows = torch.tensor([r.row for r in reqs], device=self.device)
-            h = self.model.forward_cached(self.rows.token[rows, None], self.rows.pos[rows, None], kv_len=kv_len,
-                                          cache_rows=rows)
-            logits = self.model.lm_head(h[:, -1])
+            logits = self._decode_logits(self.rows.token[rows], self.rows.pos[rows], kv_len, cache_rows=rows)
         tokens = self._sample_and_append(reqs, logits, self.rows.sampling[rows])
         self.rows.token[rows] = tokens
         self.rows.pos[rows] += 1
 
-    def _decode_logits(self, tokens: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
-        """The model part of a decode step over cache rows 0..n-1: tokens (n,) at positions (n,) -> logits (n, V).
-        The part `compile=True` compiles: fixed-rank shapes, no host sync."""
-        h = self.model.forward_cached(tokens[:, None], pos[:, None], kv_len=kv_len)
+    def _decode_logits(self, tokens: torch.Tensor, pos: torch.Tensor, kv_len: int,
+                       cache_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The model part of a decode step: tokens (n,) at positions (n,) of `cache_rows` (None: rows 0..n-1) ->
+        logits (n, V). What `compile=True` compiles (rows 0..n-1): fixed-rank shapes, no host sync."""
+        h = self.model.forward_cached(tokens[:, None], pos[:, None], kv_len=kv_len, cache_rows=cache_rows)
         return self.model.lm_head(h[:, -1])
 
     def _sample_and_append(self, reqs: list[Request], logits: torch.Tensor,
