@@ -103,3 +103,23 @@ def test_every_shipped_recipe_loads(recipe, tmp_path):
         overrides.append(f"data_dir={tmp_path}")
     r = load_recipe(path, overrides, output_dir=str(tmp_path / "out"))
     assert r.stages
+
+
+def test_rerun_from_a_stage_clears_it_later_stages_and_their_evaluations_only(tmp_path):
+    from r1kit.pipeline.run import clear_from
+
+    recipe = load_recipe(None, [], str(tmp_path))
+    names = [s.name for s in recipe.stages]
+    k = names.index("r1_rl")
+    for name in ["base"] + names:  # a finished run: every stage's outputs and evaluation samples
+        (tmp_path / "eval" / name / "t").mkdir(parents=True)
+        (tmp_path / "eval" / name / "t" / "samples.jsonl").write_text("{}\n")
+    for name in names:
+        recipe.stage_dir(name).mkdir(parents=True, exist_ok=True)
+        (recipe.stage_dir(name) / "DONE").write_text("{}\n")
+    clear_from(recipe, "r1_rl")
+    for name in names[:k]:  # earlier models did not change: their outputs and cached samples stay
+        assert (recipe.stage_dir(name) / "DONE").exists() and (tmp_path / "eval" / name).exists(), name
+    assert (tmp_path / "eval" / "base" / "t" / "samples.jsonl").exists()
+    for name in names[k:]:
+        assert not recipe.stage_dir(name).exists() and not (tmp_path / "eval" / name).exists(), name

@@ -2,7 +2,7 @@
 
 A stage is finished when `output_dir/<stage>/DONE` exists; it is written after the stage's own outputs, so
 an interrupted stage reruns and its recipe resumes from its last checkpoint. `--from STAGE` clears that
-stage and every later one (and the evaluations) before running.
+stage and every later one (and their evaluations) before running.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def clear_from(recipe: Recipe, name: str) -> None:
     names = [s.name for s in recipe.stages]
     for s in names[names.index(recipe.stage(name).name):]:
         shutil.rmtree(recipe.stage_dir(s), ignore_errors=True)
-    shutil.rmtree(recipe.output_dir / "eval", ignore_errors=True)
+        # earlier stages' (and the base model's) evaluations stay: their models did not change
+        shutil.rmtree(recipe.output_dir / "eval" / s, ignore_errors=True)
 
 
 def run_pipeline(recipe: Recipe, from_stage: str | None = None, progress: bool = True) -> dict:
