@@ -57,7 +57,7 @@ def train_trl(model_dir: Path, questions: list[dict], recipe: dict, out: Path, a
         output_dir=str(out / "trl"), per_device_train_batch_size=min(16, completions),
         gradient_accumulation_steps=max(1, completions // 16), num_generations=args.num_generations,
         max_completion_length=args.max_new_tokens, temperature=rl["temperature"], top_p=1.0,
-        beta=rl["loss"]["beta"], epsilon=0.2, loss_type="grpo", scale_rewards="group",
+        beta=rl["loss"]["beta"], epsilon=0.2, loss_type=rl["loss"].get("loss_type", "grpo"), scale_rewards="group",
         learning_rate=rl["optim"]["lr"], lr_scheduler_type="constant_with_warmup",
         warmup_steps=min(rl["optim"]["warmup_steps"], args.steps), max_grad_norm=rl["optim"]["max_grad_norm"],
         max_steps=args.steps, bf16=rl["run"]["dtype"] == "bfloat16", use_cpu=True,
@@ -128,6 +128,11 @@ def main() -> int:
         if not path.exists():
             p.error(f"{path} does not exist")
     train, test = load_gsm8k(str(data_dir / "gsm8k/train.jsonl")), load_gsm8k(str(data_dir / "gsm8k/test.jsonl"))
+    max_solution_steps = rl.get("data", {}).get("max_solution_steps")
+    if max_solution_steps:  # the recipe's curriculum: the same question pool as r1kit's stage
+        from r1kit.training.tasks import solution_steps
+
+        train = [q for q in train if solution_steps(q) <= max_solution_steps]
     check_disjoint([q["question"] for q in train], [q["question"] for q in test[: args.eval_problems]])
 
     if not (out / "final" / "config.json").exists():

@@ -74,3 +74,19 @@ def test_disjointness_check_compares_normalized_text():
     check_disjoint(["What is 2+3?", "How many apples?"], ["What is 2+4?"])  # disjoint: no error
     with pytest.raises(R1kitError, match="1 question"):
         check_disjoint(["What is 2+3?", "How many apples?"], ["what is 2 + 3 ?", "Other."])
+
+
+def test_max_solution_steps_keeps_the_questions_with_short_worked_solutions(tmp_path):
+    from r1kit.errors import ConfigError
+    from r1kit.training.tasks import TaskData, load_examples
+
+    three_steps = {"question": "Tom has 3 bags of 4 apples and eats 2. How many are left?",
+                   "answer": "3*4 = <<3*4=12>>12\n12-2 = <<12-2=10>>10\nHe has 10 left.\n#### 10"}
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(NATALIA) + "\n" + json.dumps(three_steps) + "\n")
+    kept = lambda n: [ex["answer"] for ex in load_examples(  # noqa: E731
+        TaskData(dataset=str(path), layout="gsm8k", num_test=0, max_solution_steps=n), "train", 0)]
+    assert kept(None) == ["72", "10"]
+    assert kept(3) == ["72", "10"] and kept(2) == ["72"]  # Natalia's solution has 2 steps, Tom's 3
+    with pytest.raises(ConfigError, match="max_solution_steps=1 leaves no train example"):
+        kept(1)

@@ -26,6 +26,9 @@ class TaskData:
     layout: Literal["task", "gsm8k"] = "task"
     num_train: PositiveInt = 2000
     num_test: NonNegativeInt = 200
+    # a dataset's examples whose worked solution has at most this many steps (non-empty lines): a curriculum
+    # of easier questions, for a model that solves too few of the full set for GRPO's groups to differ
+    max_solution_steps: PositiveInt | None = None
     prompt_template: str = "{question}"
     system_prompt: str | None = None
 
@@ -47,7 +50,13 @@ def load_examples(data: TaskData, split: str, seed: int) -> list[dict]:
 
         rows = load_gsm8k(data.dataset) if data.layout == "gsm8k" else load_task_dataset(data.dataset, on_error="skip")
         cut = max(1, len(rows) - data.num_test)
-        return rows[:cut] if split == "train" else rows[cut:]
+        rows = rows[:cut] if split == "train" else rows[cut:]
+        if data.max_solution_steps is not None:
+            rows = [ex for ex in rows if solution_steps(ex) <= data.max_solution_steps]
+            if not rows:
+                raise ConfigError(f"data.max_solution_steps={data.max_solution_steps} leaves no {split} example "
+                                  f"of {data.dataset}")
+        return rows
     from r1kit.data import make_task_set
 
     n = data.num_train if split == "train" else data.num_test
@@ -55,6 +64,14 @@ def load_examples(data: TaskData, split: str, seed: int) -> list[dict]:
                 for t in data.tasks]
     mixed = [ex for group in zip(*per_task) for ex in group]
     return mixed[:n]
+
+
+def solution_steps(example: dict) -> int:
+    """The number of steps (non-empty lines) of an example's worked solution."""
+    solution = example.get("solution")
+    if not isinstance(solution, str) or not solution.strip():
+        raise ConfigError(f"data.max_solution_steps: example {example.get('id')!r} has no worked solution")
+    return sum(1 for line in solution.splitlines() if line.strip())
 
 
 def example_messages(example: dict, data: TaskData) -> list[dict]:
