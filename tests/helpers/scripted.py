@@ -50,6 +50,9 @@ class ScriptedModel(torch.nn.Module):
     def move_cache_row(self, src: int, dst: int, length: int) -> None:
         pass
 
+    def swap_cache_rows(self, a: int, b: int, length: int) -> None:
+        pass
+
     def forward_cached(self, input_ids, cache_pos, *, kv_len, cache_rows=None):
         time.sleep(self.delay_s)
         return torch.nn.functional.one_hot(input_ids, self.config.dim).float()  # (B, T, V)

@@ -48,10 +48,11 @@ REPLY = ["\n", "T", "h", "i", "n", "k", ":", "a", "b", "</think>", " ", "Y", "e"
 LOOP = [("x", "y"), ("y", "x")]
 
 
-def scripted_engine(delay_s: float = 0.0, max_batch_size: int = 4, max_seq_len: int = 512) -> Engine:
+def scripted_engine(delay_s: float = 0.0, max_batch_size: int = 4, max_seq_len: int = 512,
+                    prompt_cache: bool = False) -> Engine:
     tok = toy_tokenizer()
     model = ScriptedModel(tok, chain(REPLY) + LOOP, delay_s=delay_s, max_seq_len=max_seq_len)
-    return Engine(model, tok, max_batch_size=max_batch_size, max_seq_len=max_seq_len)
+    return Engine(model, tok, max_batch_size=max_batch_size, max_seq_len=max_seq_len, prompt_cache=prompt_cache)
 
 
 def replay_engine(reply, tools=None) -> Engine:

@@ -331,3 +331,15 @@ def test_a_request_past_its_time_limit_stops_with_length():
         assert time.monotonic() - t < 3.0
         assert r.choices[0].finish_reason == "length" and 0 < r.usage.completion_tokens < 400
         assert json.loads(httpx.get(f"{url}/health").text)["running"] == 0
+
+
+def test_usage_reports_the_prompt_tokens_served_from_the_prompt_cache():
+    """OpenAI's usage.prompt_tokens_details.cached_tokens: 0 for a first prompt; the same prompt again finds all
+    but its last token (7 tokens: <bos><|user|>hi<|assistant|><think>\\n) kept in the row the first reply left."""
+    with live_server(scripted_engine(prompt_cache=True)) as url:
+        first = client(url).chat.completions.create(model="toy", messages=HI, max_tokens=50)
+        second = client(url).chat.completions.create(model="toy", messages=HI, max_tokens=50)
+    assert first.usage.prompt_tokens == second.usage.prompt_tokens == 7
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert second.usage.prompt_tokens_details.cached_tokens == 6
+    assert second.choices[0].message.content == first.choices[0].message.content == "Yes"

@@ -203,7 +203,7 @@ def _chat(args) -> int:
 
     model, tok, params = _load(args)
     engine = Engine(model, tok, max_batch_size=1, matmul_dtype=matmul_dtype(args), tools=tool_config(args),
-                    compile=args.compile)
+                    compile=args.compile, prompt_cache=True)  # each turn prefills only what the last one did not
     history: list[dict] = []
     print("r1kit chat — Ctrl-C stops a reply, Ctrl-D or /exit quits, /reset clears the history.")
     while True:

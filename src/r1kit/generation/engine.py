@@ -15,6 +15,11 @@ One Engine serves `r1kit.generate`, GRPO rollouts, rejection sampling, evaluatio
 
 - Prefix sharing: requests admitted with the same prompt (a GRPO group, an eval problem's k samples) prefill it
   once; the others copy its cache rows (`_admit`).
+- Prompt cache (`prompt_cache=True`, on in `r1kit serve` and `r1kit chat`): a finished request's row keeps its
+  tokens' K/V while the row is free; a new request whose prompt starts with some of those tokens (the system
+  prompt and chat template, the earlier turns of a conversation) takes that row and prefills only the rest, as
+  llama.cpp's server slots and vLLM's prefix caching do. The model's weights must not change meanwhile (call
+  `clear_prompt_cache` after an update), so training rollouts leave it off.
 - Tool calls (`tools=ToolConfig(...)`, format in r1kit/tools/python.py): a request whose text ends a `<code>`
   cell pauses; the cell runs in the request's sandboxed interpreter on a worker thread while the other rows keep
   decoding; its output is tokenized once, appended to the request's tokens (marked as not produced by the model)
@@ -25,7 +30,7 @@ One Engine serves `r1kit.generate`, GRPO rollouts, rejection sampling, evaluatio
   `torch.compile(dynamic=True)`: one graph for every batch size and cache length, built on the first decode
   step (minutes on a CPU); prefill, tool-output insertion and speculative steps stay eager.
 
-Left out: paged attention, a prefix cache across finished requests and partial-prefix matching; CUDA graphs. For GPU-scale
+Left out: paged attention (the prompt cache reuses whole rows, one earlier request per row); CUDA graphs. For GPU-scale
 serving use the vLLM backend (`r1kit.generation.vllm_backend`) behind the same `generate` interface.
 """
 
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import itertools
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -64,6 +70,7 @@ class Completion:
     # tool output)
     finish_reason: str  # "stop" (EOS or stop string) | "length" | "abort"
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose K/V came from the prompt cache instead of a prefill
     prefilled_think: bool = False  # the prompt opened <think>: the reply starts inside the reasoning
     tool_calls: list[ToolCall] = field(default_factory=list)
     model_mask: list[bool] | None = None  # per token id: True = sampled by the model, False = tool output;
@@ -87,6 +94,7 @@ class Request:
     finish_reason: str | None = None
     cut_at_stop: bool = False
     row: int | None = None
+    cached: int = 0  # leading prompt tokens already in the row (prompt cache): the prefill starts after them
     _prefix: int = 0  # incremental detokenizer offsets into out_ids
     _read: int = 0
     _key: tuple[int, ...] | None = None  # the prompt ids as a dict key (prefix sharing)
@@ -109,7 +117,7 @@ class Request:
         reasoning, answer = split_reasoning(self.text, self.prefilled_think)
         mask = list(self.model_mask) if self.tool_calls else None
         return Completion(self.text, reasoning, answer, list(self.out_ids), list(self.logprobs),
-                          self.finish_reason or "abort", len(self.prompt_ids), self.prefilled_think,
+                          self.finish_reason or "abort", len(self.prompt_ids), self.cached, self.prefilled_think,
                           list(self.tool_calls), mask)
 
 
@@ -139,8 +147,11 @@ class RowState:
 class Engine:
     def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_seq_len: int | None = None,
                  prefill_chunk: int = 512, matmul_dtype: torch.dtype | None = None, share_prefixes: bool = True,
-                 speculative: str | None = None, tools: ToolConfig | None = None, compile: bool = False):
-        """compile: run the decode step through torch.compile (opt-in: the first decode step compiles for minutes
+                 speculative: str | None = None, tools: ToolConfig | None = None, compile: bool = False,
+                 prompt_cache: bool = False):
+        """prompt_cache: free rows keep their last request's K/V, and a new prompt that starts with those tokens
+        prefills only the rest (see the module docstring); the weights must not change while it is on.
+        compile: run the decode step through torch.compile (opt-in: the first decode step compiles for minutes
         on a CPU; measured in README "Generation", benchmarks/bench_compile.py).
         tools: the model may call the sandboxed Python interpreter (r1kit/tools/python.py) with these limits.
         speculative: "mtp" drafts one token per step with the model's MTP head and verifies it with the main
@@ -177,6 +188,11 @@ class Engine:
         self._holders: dict[object, list[Request]] = {}  # prompt -> the running requests whose rows hold it
         if tools is not None and self.speculative:
             raise R1kitError("tool calls and speculative decoding cannot be combined yet")
+        if prompt_cache and self.speculative:  # the MTP depth's cache would need the same bookkeeping
+            raise R1kitError("prompt_cache and speculative decoding cannot be combined yet")
+        self.prompt_cache = prompt_cache
+        self._retained: dict[int, list[int]] = {}  # free row -> the tokens whose K/V it holds, oldest first
+        self.cached_tokens = 0  # prompt tokens served from the prompt cache (all requests)
         self.tools = tools
         self._tool_pool = cf.ThreadPoolExecutor(tools.workers, thread_name_prefix="r1kit-tool") if tools else None
         if compile and packing_supported(model, matmul_dtype):
@@ -231,9 +247,15 @@ class Engine:
         if was_training:
             self.model.eval()
         try:
-            if not self._cache_ready:
+            owner = getattr(self.model, "_r1kit_cache_owner", None)
+            if not self._cache_ready or owner is None or owner() is not self:
+                # the first step, or another engine used the model's cache since (and may have resized it): what
+                # the prompt cache kept in free rows is gone
                 mtp = {"mtp": True} if self.speculative else {}  # the MTP depth's cache, for its drafts
-                self.model.setup_cache(self.max_batch_size, self.max_seq_len, **mtp)
+                self.model.setup_cache(self.max_batch_size, self.max_seq_len, **mtp)  # no-op when the size fits
+                self._retained.clear()
+                self.model._r1kit_cache_owner = weakref.ref(self)
+            if not self._cache_ready:
                 vocab = self.model.config.vocab_size if self.speculative else None
                 self.rows = RowState.allocate(self.max_batch_size, self.device, vocab)
                 self._cache_ready = True
@@ -267,7 +289,8 @@ class Engine:
         batch = []
         while self.waiting and self.free_rows:
             req = self.waiting.popleft()
-            req.row = self.free_rows.pop(0)
+            req.row, req.cached = self._take_row(req.prompt_ids)
+            self.cached_tokens += req.cached
             batch.append(req)
         if not batch:
             return []
@@ -313,25 +336,58 @@ class Engine:
         return batch
 
     def _prefill(self, batch: list[Request]) -> torch.Tensor:
-        """Run the prompts of `batch` into their cache rows; returns the hidden states at their last tokens (B, d)."""
-        dev, B, T = self.device, len(batch), max(len(r.prompt_ids) for r in batch)
-        ids = torch.tensor([r.prompt_ids + [self.pad_id] * (T - len(r.prompt_ids)) for r in batch],
-                           device=dev)  # (B, T) right-padded
+        """Run the prompts of `batch` into their cache rows, each from its first token not in the row already
+        (`cached`, the prompt cache); returns the hidden states at their last tokens (B, d)."""
+        dev, B = self.device, len(batch)
+        feeds = [r.prompt_ids[r.cached:] for r in batch]
+        T = max(len(f) for f in feeds)
+        ids = torch.tensor([f + [self.pad_id] * (T - len(f)) for f in feeds], device=dev)  # (B, T) right-padded
+        offset = torch.tensor([r.cached for r in batch], device=dev)[:, None]  # (B, 1)
+        top = max(r.cached for r in batch)
         rows = torch.tensor([r.row for r in batch], device=dev)  # (B,)
-        last_index = torch.tensor([len(r.prompt_ids) - 1 for r in batch], device=dev)  # (B,)
+        last_index = torch.tensor([len(f) - 1 for f in feeds], device=dev)  # (B,)
         batch_index = torch.arange(B, device=dev)
         last_hidden = None  # (B, d) the hidden state at each prompt's last token
         for start in range(0, T, self.prefill_chunk):  # chunked prefill bounds attention memory on long prompts
             end = min(start + self.prefill_chunk, T)
-            pos = torch.arange(start, end, device=dev).expand(B, -1)  # (B, T_chunk)
-            h = self.model.forward_cached(ids[:, start:end], pos, kv_len=end, cache_rows=rows)
+            # padding past a row's end is written to slots no one attends to before they are overwritten
+            pos = (offset + torch.arange(start, end, device=dev)).clamp(max=self.max_seq_len - 1)  # (B, T_chunk)
+            kv_len = min(top + end, self.max_seq_len)
+            h = self.model.forward_cached(ids[:, start:end], pos, kv_len=kv_len, cache_rows=rows)
             if self.speculative:  # fill the MTP depth's cache: position i sees h_i and token i + 1
                 nxt = torch.cat([ids, ids[:, -1:]], dim=1)[:, start + 1:end + 1]  # the last one is redone later
                 self.model.forward_mtp_cached(h, nxt, pos, kv_len=end, cache_rows=rows)
-            here = (last_index >= start) & (last_index < end)  # (B,) prompts ending in this chunk
+            here = (last_index >= start) & (last_index < end)  # (B,) feeds ending in this chunk
             at = h[batch_index, (last_index - start).clamp(0, end - start - 1)]  # (B, d)
             last_hidden = at if last_hidden is None else torch.where(here[:, None], at, last_hidden)
         return last_hidden
+
+    def _take_row(self, prompt_ids: list[int]) -> tuple[int, int]:
+        """A free row for a new prompt and how many of its leading tokens the row holds already (prompt cache).
+
+        The hit is the longest prefix the prompt shares with a kept row (at most all but its last token: the
+        prefill must produce the last token's hidden state). That row stays as it is when another row can take
+        the request: the shared slots are copied into the lowest row keeping nothing, else into the row kept
+        longest ago (least recently used), so several conversations stay cached at once."""
+        if not self._retained:
+            return self.free_rows.pop(0), 0
+        source, hit = None, 0
+        for row, kept in self._retained.items():
+            n = _common_prefix(kept, prompt_ids, len(prompt_ids) - 1)
+            if n > hit:
+                source, hit = row, n
+        empty = [r for r in self.free_rows if r not in self._retained]
+        row = empty[0] if empty else next(iter(self._retained))
+        if hit and row != source:
+            self.model.move_cache_row(source, row, hit)
+            self._retained[source] = self._retained.pop(source)  # used just now: evicted last
+        self.free_rows.remove(row)
+        self._retained.pop(row, None)
+        return row, hit
+
+    def clear_prompt_cache(self) -> None:
+        """Forget the K/V kept in free rows (after the model's weights change)."""
+        self._retained.clear()
 
     def _prefix_key(self, req: Request) -> object:
         if not self.share_prefixes:
@@ -520,7 +576,13 @@ class Engine:
             if req.row < n:
                 break
             hole = self.free_rows.pop(0)  # sorted: the lowest free row, below n
-            self.model.move_cache_row(req.row, hole, len(req.prompt_ids) + len(req.out_ids))
+            length = len(req.prompt_ids) + len(req.out_ids)
+            kept = self._retained.pop(hole, None)
+            if kept is None:
+                self.model.move_cache_row(req.row, hole, length)
+            else:  # the prompt cache: the hole's kept tokens go up into the row the request leaves
+                self.model.swap_cache_rows(req.row, hole, max(length, len(kept)))
+                self._retained[req.row] = kept
             self.rows.move(req.row, hole)
             self.free_rows.append(req.row)
             self.free_rows.sort()
@@ -542,6 +604,10 @@ class Engine:
                 if not self._holders[key]:  # no row holds this prompt any more
                     del self._holders[key], self._prefix_hidden[key]
         if req.row is not None:
+            if self.prompt_cache and req.out_ids and not req.tool_calls:
+                # every token but the last sampled one has been run into the row; the newest entry goes last
+                written = len(req.prompt_ids) + len(req.out_ids) - 1
+                self._retained[req.row] = (req.prompt_ids + req.out_ids)[:written]
             self.free_rows.append(req.row)
             self.free_rows.sort()
             req.row = None
@@ -604,3 +670,12 @@ class Engine:
             if not req.done:
                 self.abort(req)
         self.last_completion = req.completion()
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """The length of the longest common prefix of a and b, at most `limit`."""
+    n = min(len(a), len(b), limit)
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

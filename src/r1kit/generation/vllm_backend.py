@@ -102,7 +102,8 @@ def to_completion(output, prefilled_think: bool = False) -> Completion:
     logprobs = [float(step[tok].logprob) for step, tok in zip(sample.logprobs, ids)]  # step: {token id: Logprob}
     reasoning, answer = split_reasoning(sample.text, prefilled_think)
     return Completion(sample.text, reasoning, answer, ids, logprobs, sample.finish_reason,
-                      len(output.prompt_token_ids), prefilled_think)
+                      len(output.prompt_token_ids), cached_tokens=getattr(output, "num_cached_tokens", None) or 0,
+                      prefilled_think=prefilled_think)
 
 
 def hf_named_weights(model) -> Iterator[tuple[str, torch.Tensor]]:

@@ -198,6 +198,11 @@ class Transformer(nn.Module):
         for cache in self._attention_caches():
             cache[dst, :length] = cache[src, :length]
 
+    def swap_cache_rows(self, a: int, b: int, length: int) -> None:
+        """Exchange the first `length` cache slots of rows a and b, in every layer."""
+        for cache in self._attention_caches():
+            cache[[a, b], :length] = cache[[b, a], :length]  # the right side is gathered (a copy) first
+
     def copy_cache_rows(self, src: int, dst: torch.Tensor, length: int) -> None:
         """Copy the first `length` cache slots of row `src` into each row of `dst` (R,): a shared prompt prefix."""
         for cache in self._attention_caches():

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_precision_args(p)
     add_tool_args(p)  # the server-side Python interpreter, run in the sandbox inside the model's reasoning
     add_compile_arg(p)
+    p.add_argument("--no-prompt-cache", dest="prompt_cache", action="store_false",
+                   help="prefill every prompt in full (default: a free row keeps its last request's K/V and a "
+                        "prompt starting with those tokens prefills only the rest)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_serve)
 
@@ -61,7 +64,7 @@ def _serve(args) -> int:
                        quantize=args.quantize).eval()
     engine = Engine(model, load_tokenizer(args.model), max_batch_size=args.max_concurrency,
                     max_seq_len=args.max_seq_len, matmul_dtype=matmul_dtype(args), tools=tool_config(args),
-                    compile=args.compile)
+                    compile=args.compile, prompt_cache=args.prompt_cache)
     config = ServerConfig(model_name=args.served_model_name or served_name(args.model), api_key=args.api_key,
                           max_queue=args.max_queue, request_timeout_s=args.request_timeout,
                           default_system=TOOL_INSTRUCTIONS if args.tools else None)

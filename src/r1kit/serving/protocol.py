@@ -191,9 +191,12 @@ def now() -> int:
 
 
 def usage(prompt_tokens: int, completions: list[Completion]) -> dict:
+    """OpenAI's usage, with `prompt_tokens_details.cached_tokens`: the prompt tokens the engine's prompt cache
+    did not have to prefill (the n choices share one prompt)."""
     completion_tokens = sum(len(c.token_ids) for c in completions)
+    cached = min(prompt_tokens, max((c.cached_tokens for c in completions), default=0))
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def chat_message(c: Completion, tool_names: set[str] | None = None) -> dict:
