@@ -14,7 +14,7 @@ Caveat, stated in the output too: the only SmolLM2 weights shipped are a Q4_1 GG
 min/max), so "fp32" is that Q4_1 model dequantized and int4 g32 min/max re-quantization lands on nearly the same
 grid: its quality columns say little about quantizing a bf16 original. The g128 and int8 rows do re-quantize.
 
-    .venv/bin/python benchmarks/bench_quantize.py [--new-tokens 64] [--repeats 2] [--threads N]
+    .venv/bin/python benchmarks/bench_quantize.py [--new-tokens 64] [--repeats 2] [--threads N] [--variants int8,bf16]
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--variants", default=None, help="comma-separated subset of the rows (fp32 is always measured)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,6 +110,9 @@ def main() -> None:
     tok = r1kit.load_tokenizer(path)
     fp32 = r1kit.load_model(path).eval()
     models = variants(fp32, read_gguf_int4_codes(path))
+    if args.variants:
+        keep = {"fp32", *args.variants.split(",")}
+        models = {name: m for name, m in models.items() if name in keep}
     text_ids = torch.tensor([tok(TEXT).input_ids])
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
                for q in QUESTIONS]
