@@ -13,6 +13,7 @@ r1kit's from the pipeline's directory.
     .venv/bin/python benchmarks/gsm8k_trl_rl.py --pipeline runs/r1-smollm2-gsm8k --data-dir ../shared/data
     .venv/bin/python benchmarks/gsm8k_trl_rl.py --pipeline ... --steps 1 --questions-per-step 1 \\
         --num-generations 2 --max-new-tokens 16 --eval-problems 2      # a plumbing check (minutes)
+    .venv/bin/python benchmarks/gsm8k_trl_rl.py --pipeline ... --steps 5 --train-only --out /tmp/trl5  # s per step
 
 Needs `trl` (with the test extras: `pip install -e '.[test]'`).
 """
@@ -110,6 +111,8 @@ def main() -> int:
     p.add_argument("--num-generations", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--eval-problems", type=int, default=None)
+    p.add_argument("--train-only", action="store_true",
+                   help="time the training steps and stop (no evaluation): a wall-time comparison on a few steps")
     args = p.parse_args()
     recipe = yaml.safe_load(RECIPE.read_text())
     rl = recipe["stages"]["r1_rl"]["config"]
@@ -139,6 +142,14 @@ def main() -> int:
         seconds = train_trl(cold_start, train, recipe, out, args)
         (out / "seconds.json").write_text(json.dumps({"train_s": seconds}))
     seconds = json.loads((out / "seconds.json").read_text())["train_s"]
+    if args.train_only:
+        ours = pipeline_figures(pipeline)
+        print(f"TRL GRPOTrainer: {args.steps} steps of {args.questions_per_step} x {args.num_generations} in "
+              f"{seconds:.0f} s ({seconds / args.steps:.1f} s per step); log in {out / 'trl_log.json'}")
+        if ours.get("seconds"):
+            steps = recipe["stages"]["r1_rl"]["config"]["run"]["steps"]
+            print(f"r1kit r1_rl: {steps} steps in {ours['seconds']:.0f} s ({ours['seconds'] / steps:.1f} s per step)")
+        return 0
     trl = {"seconds": seconds,
            "sampled": evaluate(out / "final", data_dir / "gsm8k/test.jsonl", out / "eval_sampled", recipe, args,
                                greedy=False),
