@@ -90,3 +90,5 @@ def test_max_solution_steps_keeps_the_questions_with_short_worked_solutions(tmp_
     assert kept(3) == ["72", "10"] and kept(2) == ["72"]  # Natalia's solution has 2 steps, Tom's 3
     with pytest.raises(ConfigError, match="max_solution_steps=1 leaves no train example"):
         kept(1)
+    with pytest.raises(ValueError, match="set data.dataset"):  # synthetic tasks have no worked solutions to count
+        TaskData(max_solution_steps=2)

@@ -40,6 +40,8 @@ class TaskData:
             raise ConfigError(f"data.tasks: unknown task {unknown[0]!r} (known: {', '.join(sorted(TASKS))})")
         if "{question}" not in self.prompt_template:
             raise ConfigError("data.prompt_template must contain {question}")
+        if self.max_solution_steps is not None and self.dataset is None:
+            raise ConfigError("data.max_solution_steps filters a dataset's worked solutions; set data.dataset")
 
 
 def load_examples(data: TaskData, split: str, seed: int) -> list[dict]:
@@ -51,7 +53,7 @@ def load_examples(data: TaskData, split: str, seed: int) -> list[dict]:
         rows = load_gsm8k(data.dataset) if data.layout == "gsm8k" else load_task_dataset(data.dataset, on_error="skip")
         cut = max(1, len(rows) - data.num_test)
         rows = rows[:cut] if split == "train" else rows[cut:]
-        if data.max_solution_steps is not None:
+        if data.max_solution_steps is not None and rows:
             rows = [ex for ex in rows if solution_steps(ex) <= data.max_solution_steps]
             if not rows:
                 raise ConfigError(f"data.max_solution_steps={data.max_solution_steps} leaves no {split} example "
