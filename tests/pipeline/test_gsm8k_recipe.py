@@ -88,3 +88,4 @@ def test_the_recipe_runs_end_to_end_on_the_toy_model(tmp_path, capsys):
         assert all(r["prompt"].endswith("put your final answer within \\boxed{}.") for r in sampled + greedy)
     report = (out / "report.md").read_text()
     assert "gsm8k pass@1" in report and "gsm8k-greedy pass@1" in report and "truncated" in report
+    assert "gsm8k cons@2" in report and "gsm8k-greedy cons@" not in report  # one greedy sample: no vote

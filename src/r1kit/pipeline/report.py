@@ -203,10 +203,11 @@ def write_report(recipe: Recipe, results: dict, timings: dict) -> Path:
     per_task = 3 if recipe.evaluate.benchmark else 1
     traces = sample_traces(recipe, first, rl_stages[-1], per_task) if rl_stages and first else []
     k = recipe.evaluate.samples
-    header = ["stage", "kind"] + [f"{t} pass@1" for t in tasks] + [f"{t} cons@{k}" for t in tasks] + \
+    voted = [t for t in tasks if not t.endswith("-greedy")]  # one greedy sample has no majority vote
+    header = ["stage", "kind"] + [f"{t} pass@1" for t in tasks] + [f"{t} cons@{k}" for t in voted] + \
         ["mean pass@1", "mean tokens", "truncated"]
     table = [[r["stage"], r["kind"]] + [f"{_pct(r[t])} ± {_pct(r[f'{t} stderr'])}" for t in tasks] +
-             [_pct(r[f"{t} cons"]) for t in tasks] + [_pct(r["mean"]), f"{r['tokens']:.0f}", _pct(r["truncated"])]
+             [_pct(r[f"{t} cons"]) for t in voted] + [_pct(r["mean"]), f"{r['tokens']:.0f}", _pct(r["truncated"])]
              for r in rows]
     distill = [s for s in recipe.stages if s.kind == "distill"]
     notes = rl_summary(recipe)
