@@ -286,10 +286,13 @@ class Engine:
         it once, and the others copy its cache rows; a prompt still held by a running request is not prefilled
         again at all (its row and its last hidden state are reused). Each request then samples with its own
         generator, so its output is the one it would have had alone."""
-        batch = []
+        batch, keys = [], set()
         while self.waiting and self.free_rows:
             req = self.waiting.popleft()
-            req.row, req.cached = self._take_row(req.prompt_ids)
+            key = self._prefix_key(req)
+            # a prompt another request prefills (or holds) is copied from it: no prompt-cache lookup
+            req.row, req.cached = self._take_row(req.prompt_ids, lookup=key not in keys and key not in self._holders)
+            keys.add(key)
             self.cached_tokens += req.cached
             batch.append(req)
         if not batch:
@@ -362,7 +365,7 @@ class Engine:
             last_hidden = at if last_hidden is None else torch.where(here[:, None], at, last_hidden)
         return last_hidden
 
-    def _take_row(self, prompt_ids: list[int]) -> tuple[int, int]:
+    def _take_row(self, prompt_ids: list[int], lookup: bool = True) -> tuple[int, int]:
         """A free row for a new prompt and how many of its leading tokens the row holds already (prompt cache).
 
         The hit is the longest prefix the prompt shares with a kept row (at most all but its last token: the
@@ -372,7 +375,7 @@ class Engine:
         if not self._retained:
             return self.free_rows.pop(0), 0
         source, hit = None, 0
-        for row, kept in self._retained.items():
+        for row, kept in self._retained.items() if lookup else ():
             n = _common_prefix(kept, prompt_ids, len(prompt_ids) - 1)
             if n > hit:
                 source, hit = row, n
