@@ -84,7 +84,7 @@ def test_max_solution_steps_keeps_the_questions_with_short_worked_solutions(tmp_
                    "answer": "3*4 = <<3*4=12>>12\n12-2 = <<12-2=10>>10\nHe has 10 left.\n#### 10"}
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps(NATALIA) + "\n" + json.dumps(three_steps) + "\n")
-    kept = lambda n: [ex["answer"] for ex in load_examples(  # noqa: E731
+    kept = lambda n: [ex["answer"] for ex in load_examples(
         TaskData(dataset=str(path), layout="gsm8k", num_test=0, max_solution_steps=n), "train", 0)]
     assert kept(None) == ["72", "10"]
     assert kept(3) == ["72", "10"] and kept(2) == ["72"]  # Natalia's solution has 2 steps, Tom's 3

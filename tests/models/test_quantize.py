@@ -199,6 +199,72 @@ def test_gguf_q4_blocks_become_int4_codes_without_requantizing(tmp_path):
         assert torch.allclose(layer(x), F.linear(x, w), atol=1e-4, rtol=1e-4)
 
 
+def _write_tiny_llama_gguf(path, types):
+    """A whole 1-layer llama GGUF (tied head) with its tensors stored as `types` says: {gguf name: GGML type}."""
+    gguf = pytest.importorskip("gguf")
+    from gguf.quants import quantize
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for add, value in [("block_count", 1), ("embedding_length", 64), ("feed_forward_length", 96), ("head_count", 4),
+                       ("head_count_kv", 2), ("context_length", 128), ("vocab_size", 64)]:
+        getattr(writer, f"add_{add}")(value)
+    writer.add_layer_norm_rms_eps(1e-5)
+    shapes = {"token_embd.weight": (64, 64), "output_norm.weight": (64,), "blk.0.attn_norm.weight": (64,),
+              "blk.0.ffn_norm.weight": (64,), "blk.0.attn_q.weight": (64, 64), "blk.0.attn_k.weight": (32, 64),
+              "blk.0.attn_v.weight": (32, 64), "blk.0.attn_output.weight": (64, 64),
+              "blk.0.ffn_gate.weight": (96, 64), "blk.0.ffn_up.weight": (96, 64), "blk.0.ffn_down.weight": (64, 96)}
+    torch.manual_seed(0)
+    for name, shape in shapes.items():
+        w = (1 + 0.1 * torch.randn(shape)) if name.endswith("norm.weight") else 0.1 * torch.randn(shape)
+        qtype = types.get(name, gguf.GGMLQuantizationType.F32)
+        blocks = quantize(w.numpy(), qtype)
+        writer.add_tensor(name, blocks, raw_shape=blocks.shape, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_load_gguf_keeping_its_quantization(tmp_path):
+    """quantize='gguf': Q4 blocks run as int4 with their codes, Q8_0 as int8 within one int8 step of the gguf
+    package's dequantization, float tensors stay float; the tied head gets an int8 copy of the quantized embedding."""
+    gguf = pytest.importorskip("gguf")
+    from r1kit.models.gguf import read_gguf
+
+    Q = gguf.GGMLQuantizationType
+    path = _write_tiny_llama_gguf(tmp_path / "mixed.gguf", {
+        "token_embd.weight": Q.Q8_0, "blk.0.attn_q.weight": Q.Q4_1, "blk.0.attn_k.weight": Q.Q4_0,
+        "blk.0.attn_output.weight": Q.Q8_0, "blk.0.ffn_gate.weight": Q.Q4_1, "blk.0.ffn_up.weight": Q.Q4_1,
+        "blk.0.ffn_down.weight": Q.Q8_0})  # attn_v stays F32
+    _, reference = read_gguf(path)  # every tensor dequantized by the gguf package
+    model = r1kit.load_model(path, quantize="gguf").eval()
+    layer = model.layers[0]
+    kinds = {name: type(m).__name__ for name, m in model.named_modules() if name.endswith("_proj") or name == "lm_head"}
+    assert kinds == {"lm_head": "Int8Linear", "layers.0.self_attn.q_proj": "Int4Linear",
+                     "layers.0.self_attn.k_proj": "Int4Linear", "layers.0.self_attn.v_proj": "Linear",
+                     "layers.0.self_attn.o_proj": "Int8Linear", "layers.0.mlp.gate_proj": "Int4Linear",
+                     "layers.0.mlp.up_proj": "Int4Linear", "layers.0.mlp.down_proj": "Int8Linear"}
+    for name in ("self_attn.q_proj", "self_attn.k_proj", "mlp.up_proj"):  # codes kept: only the scales' bf16 rounding
+        w = reference[f"layers.0.{name}.weight"]
+        assert torch.allclose(int4_weight(layer.get_submodule(name)), w, rtol=2**-8, atol=2**-8 * w.abs().max())
+    for name, m in (("layers.0.self_attn.o_proj.weight", layer.self_attn.o_proj),
+                    ("layers.0.mlp.down_proj.weight", layer.mlp.down_proj), ("embed_tokens.weight", model.lm_head)):
+        w = reference[name]
+        step = w.abs().amax(dim=1, keepdim=True) / 127  # one int8 step of the row (+ the scale's bf16 rounding)
+        assert ((int8_weight(m) - w).abs() <= 0.5 * step * (1 + 2**-7) + 1e-7).all()
+    assert torch.equal(layer.self_attn.v_proj.weight, reference["layers.0.self_attn.v_proj.weight"])
+    assert torch.equal(model.embed_tokens.weight, reference["embed_tokens.weight"])
+
+    ids = torch.randint(0, 64, (1, 12))
+    with torch.no_grad():
+        float_model = r1kit.load_model(path).eval()
+        want, got = float_model(ids), model(ids)
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+    with pytest.raises(ConfigError, match="not a .gguf file"):
+        r1kit.load_model("toy-dense", quantize="gguf")
+
+
 # ---- FP8 block-scaled checkpoints (DeepSeek-V3/R1 release layout) ------------------------------------------------
 
 def _to_fp8_release(directory, block=128):

@@ -221,6 +221,8 @@ def load_model(src, dtype: torch.dtype | None = None, device=None, seed: int = 0
     A preset other than 'smollm2-135m' builds a freshly initialised model (seeded) with that config.
     quantize: "int8" | "int4" | "int4-g64" | ... (models/quantize.py `SCHEMES`): weight-only quantize the linear
     layers after loading (for inference). A GGUF's Q4_0/Q4_1 weights keep their 4-bit codes under "int4".
+    "gguf" (GGUF files only) keeps the file's own quantization as llama.cpp runs it (`read_gguf_quantized`),
+    without building the float model first.
     device: None (the CPU), a torch.device, or a setting "auto" | "cpu" | "cuda" | "cuda:N" (auto = CUDA when
     present; CUDA on a machine without it is a ConfigError). Fresh presets are initialised on the CPU and moved,
     so a seed gives the same weights on every device."""
@@ -228,11 +230,18 @@ def load_model(src, dtype: torch.dtype | None = None, device=None, seed: int = 0
         from r1kit.device import resolve_device
 
         device = resolve_device(device)
+    source = resolve_source(src)
+    if quantize == "gguf":
+        if isinstance(source, str) or source.suffix != ".gguf":
+            raise ConfigError(f"quantize='gguf' keeps a GGUF file's quantization; {str(src)!r} is not a .gguf file")
+        from r1kit.models.gguf import read_gguf_quantized
+
+        cfg, tensors, quantization = read_gguf_quantized(source)
+        return build_model(cfg, tensors, dtype=dtype, device=device, quantization=quantization)
     if quantize is not None:
         from r1kit.models.quantize import parse_scheme, quantize_loaded
 
         bits, group_size = parse_scheme(quantize)
-    source = resolve_source(src)
     if isinstance(source, str):
         torch.manual_seed(seed)
         model = Transformer(get_preset(source)).to(dtype=dtype or torch.float32, device=device)

@@ -3,7 +3,12 @@
 llama.cpp stores Llama's q/k projections with rows permuted for its rotary layout; they are permuted back
 (Qwen2 files are stored unpermuted). `read_gguf_int4_codes` also reads Q4_0/Q4_1 weights as they are stored
 (4-bit codes + a scale per block of 32), so int4 quantization can keep them instead of re-quantizing floats.
-Left out: other GGUF architectures (deepseek2 included); keeping Q8_0 or k-quant blocks as they are.
+`read_gguf_quantized` keeps a whole file's quantization, the way llama.cpp runs it (`load_model(...,
+quantize="gguf")`): Q4_0/Q4_1 linear weights become r1kit int4 (groups of 32, the stored codes; the fp16 block
+scales rounded to the bf16 the kernels compute in), every other quantized type (Q8_0, k-quants) int8 per output
+channel, float tensors stay float; one tensor is dequantized at a time, so the float model never exists.
+Left out: other GGUF architectures (deepseek2 included); Q8_0's per-32 scales kept exactly (r1kit's int8 kernel
+has one scale per row, so they are merged: a second rounding, measured in docs/quantization.md).
 """
 
 from __future__ import annotations
@@ -43,9 +48,9 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, dim, 2, *w.shape[1:]).swapaxes(2, 1).reshape(w.shape)
 
 
-def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def _open(path: Path):
+    """(reader, config, (arch, n_heads, n_kv)) of a GGUF file, or a CheckpointError naming what is wrong."""
     from gguf import GGUFReader
-    from gguf.quants import dequantize
 
     try:
         reader = GGUFReader(str(path))
@@ -71,14 +76,62 @@ def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id"),
         n_routed_experts=0, n_shared_experts=0, n_dense_layers=0, n_mtp_layers=0, rope_scaling="none", q_lora_rank=0,
     )
+    return reader, cfg, (arch, n_heads, n_kv)
+
+
+def _float(t, heads: int) -> torch.Tensor:
+    """One GGUF tensor dequantized to fp32 by the gguf package (rows un-permuted for llama's q/k)."""
+    from gguf.quants import dequantize
+
+    w = dequantize(t.data, t.tensor_type).reshape([int(d) for d in reversed(t.shape.tolist())])
+    if heads:
+        w = _unpermute(w, heads)
+    return torch.from_numpy(np.array(w, dtype=np.float32))
+
+
+def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(config, {r1kit name: fp32 tensor}): every tensor dequantized."""
+    reader, cfg, (arch, n_heads, n_kv) = _open(path)
     tensors = {}
     for t in reader.tensors:
-        w = dequantize(t.data, t.tensor_type).reshape([int(d) for d in reversed(t.shape.tolist())])
         name, heads = _name(path, t.name, arch, n_heads, n_kv)
-        if heads:
-            w = _unpermute(w, heads)
-        tensors[name] = torch.from_numpy(np.array(w, dtype=np.float32))
+        tensors[name] = _float(t, heads)
     return cfg, tensors
+
+
+def read_gguf_quantized(path: Path, dtype: torch.dtype = torch.bfloat16
+                        ) -> tuple[ModelConfig, dict[str, torch.Tensor], dict | None]:
+    """(config, tensors, quantization_config) with the file's quantized linear weights kept quantized in r1kit's
+    weight-only format (models/quantize.py), ready for `build_model(..., quantization=)`; the config is None when
+    the file holds no quantized linear weight. dtype: the scales' (and the quantized layers' compute) dtype.
+    A tied output head whose embedding is stored quantized gets its own int8 copy, as llama.cpp computes the
+    head on the quantized embedding."""
+    from gguf import GGMLQuantizationType as Q
+
+    from r1kit.models.quantize import FORMAT_VERSION, int4_from_blocks, pack_nibbles, quantize_int8
+
+    floats = (Q.F32, Q.F16, Q.BF16)
+    reader, cfg, (arch, n_heads, n_kv) = _open(path)
+    tensors, modules = {}, {}
+    for t in reader.tensors:
+        name, heads = _name(path, t.name, arch, n_heads, n_kv)
+        module = name.removesuffix(".weight")
+        linear = name.endswith("_proj.weight") or name == "lm_head.weight"
+        if not linear or t.tensor_type in floats:
+            tensors[name] = _float(t, heads)
+            if name == "embed_tokens.weight" and cfg.tie_embeddings and t.tensor_type not in floats:
+                tensors["lm_head.weight"], tensors["lm_head.scales"] = quantize_int8(tensors[name], dtype)
+                modules["lm_head"] = {"bits": 8, "group_size": None}
+        elif _q4_header(t.tensor_type) is not None:
+            codes, scale, zero = _q4_blocks(t, heads)
+            codes, tensors[f"{module}.scales_and_zeros"] = int4_from_blocks(codes, scale, zero, dtype)
+            tensors[name] = pack_nibbles(codes)
+            modules[module] = {"bits": 4, "group_size": 32}
+        else:
+            tensors[name], tensors[f"{module}.scales"] = quantize_int8(_float(t, heads), dtype)
+            modules[module] = {"bits": 8, "group_size": None}
+    quantization = {"quant_method": "r1kit", "version": FORMAT_VERSION, "modules": modules} if modules else None
+    return cfg, tensors, quantization
 
 
 def _name(path: Path, gguf_name: str, arch: str, n_heads: int, n_kv: int) -> tuple[str, int]:
@@ -92,34 +145,42 @@ def _name(path: Path, gguf_name: str, arch: str, n_heads: int, n_kv: int) -> tup
     return f"layers.{parts[1]}.{_BLOCK[parts[2]]}.{parts[3]}", heads
 
 
-def read_gguf_int4_codes(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The Q4_0 / Q4_1 weights of a GGUF file as stored: {r1kit module name: (codes uint8 (N, K) in 0..15,
-    scale fp32 (N, K/32), zero fp32 (N, K/32))} with W = (codes - 8) * scale + zero per block of 32 inputs.
+def _q4_header(tensor_type) -> int | None:
+    """Bytes before the 16 bytes of codes in a Q4_0 / Q4_1 block; None for any other type."""
+    from gguf import GGMLQuantizationType as Q
+
+    return {Q.Q4_0: 2, Q.Q4_1: 4}.get(tensor_type)
+
+
+def _q4_blocks(t, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A Q4_0 / Q4_1 tensor as stored: codes uint8 (N, K) in 0..15, scale and zero fp32 (N, K/32), with
+    W = (codes - 8) * scale + zero per block of 32 inputs.
 
     Q4_0 blocks hold an fp16 d: W = (q - 8) d, so scale = d, zero = 0. Q4_1 blocks hold fp16 d and m: W = q d + m,
     so scale = d, zero = m + 8 d. A block's 16 bytes hold inputs j (low nibble) and j + 16 (high nibble)."""
-    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf import GGMLQuantizationType as Q
 
-    reader = GGUFReader(str(path))
-    arch = _field(reader, "general.architecture")
-    n_heads = _field(reader, f"{arch}.attention.head_count")
-    n_kv = _field(reader, f"{arch}.attention.head_count_kv", n_heads)
-    header = {GGMLQuantizationType.Q4_0: 2, GGMLQuantizationType.Q4_1: 4}
+    N, K = (int(d) for d in reversed(t.shape.tolist()))
+    header = _q4_header(t.tensor_type)
+    blocks = np.asarray(t.data).reshape(N, K // 32, header + 16)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)  # (N, K/32)
+    qs = blocks[..., header:]  # (N, K/32, 16)
+    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(N, K)
+    if t.tensor_type == Q.Q4_1:
+        zero = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) + 8 * d
+    else:
+        zero = np.zeros_like(d)
+    if heads:
+        codes, d, zero = (_unpermute(a, heads) for a in (codes, d, zero))
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (codes, d, zero))
+
+
+def read_gguf_int4_codes(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The Q4_0 / Q4_1 weights of a GGUF file as stored: {r1kit module name: (codes, scale, zero)} (`_q4_blocks`)."""
+    reader, _, (arch, n_heads, n_kv) = _open(path)
     out = {}
     for t in reader.tensors:
-        if t.tensor_type not in header:
-            continue
-        N, K = (int(d) for d in reversed(t.shape.tolist()))
-        blocks = np.asarray(t.data).reshape(N, K // 32, header[t.tensor_type] + 16)
-        d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)  # (N, K/32)
-        qs = blocks[..., header[t.tensor_type]:]  # (N, K/32, 16)
-        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(N, K)
-        if t.tensor_type == GGMLQuantizationType.Q4_1:
-            zero = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) + 8 * d
-        else:
-            zero = np.zeros_like(d)
-        name, heads = _name(path, t.name, arch, n_heads, n_kv)
-        if heads:
-            codes, d, zero = (_unpermute(a, heads) for a in (codes, d, zero))
-        out[name.removesuffix(".weight")] = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (codes, d, zero))
+        if _q4_header(t.tensor_type) is not None:
+            name, heads = _name(path, t.name, arch, n_heads, n_kv)
+            out[name.removesuffix(".weight")] = _q4_blocks(t, heads)
     return out
