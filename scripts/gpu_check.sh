@@ -9,7 +9,8 @@
 # (4) SFT throughput and MFU of a 1.5B dense model (distill-qwen-1.5b shape) at seq 4096 in bf16, FLOPs per
 # token = 6 * N (non-embedding parameters) + 12 * layers * d_attn * seq (attention, as torchtitan counts it);
 # (5) FSDP2 on one GPU (`torchrun --nproc-per-node 1 -m r1kit sft`) against the same run without torchrun;
-# (6) the vLLM backend, when vllm is installed. Logs go to $R1KIT_GPU_CHECK_DIR (default a temp dir).
+# (6) the vLLM backend, when vllm is installed; (7) the decode step eager vs compiled with static shapes and CUDA
+# graphs (tok/s at batch 1 and 8, greedy replies compared). Logs go to $R1KIT_GPU_CHECK_DIR (default a temp dir).
 # Environment: PYTHON (default .venv/bin/python when present), R1KIT_PEAK_TFLOPS (peak bf16 dense TFLOP/s of
 # the card when it is not an H100/H200/A100).
 set -u
@@ -194,6 +195,38 @@ def fsdp():
     sys.exit(0 if rel < 0.05 else 1)
 
 
+def decode():
+    """The engine's decode step eager vs compiled (on CUDA: static shapes + CUDA graphs), greedy, batch 1 and 8."""
+    from r1kit import load_model, load_tokenizer
+    from r1kit.generation import Engine, SamplingParams
+
+    name = "toy-dense" if SMOKE else "smollm2-135m"
+    try:
+        model = load_model(name, device=DEV).eval()
+    except Exception as e:  # the SmolLM2 weights package may be absent
+        model, name = load_model("toy-dense", device=DEV).eval(), f"toy-dense ({name}: {str(e)[:40]})"
+    tok = load_tokenizer("toy-dense" if name.startswith("toy") else name)
+    new = 16 if SMOKE else 128
+    prompts = [f"Question {i}: what is {i} + {2 * i}? Explain." for i in range(8)]
+    params = SamplingParams(max_new_tokens=new, temperature=0, ignore_eos=True)
+    rates, tokens = {}, {}
+    for compile in (False, True):
+        engine = Engine(model, tok, max_batch_size=8, compile=compile)
+        for batch in (1, 8):
+            engine.generate(prompts[:batch], params)  # compiles / records every shape the timed run meets
+            sync()
+            t = time.perf_counter()
+            out = engine.generate(prompts[:batch], params)
+            sync()
+            rates[compile, batch] = batch * new / (time.perf_counter() - t)
+            tokens[compile, batch] = [c.token_ids for c in out]
+    same = sum(a == b for a, b in zip(tokens[False, 8], tokens[True, 8]))
+    graphs = "static shapes + CUDA graphs" if DEV.type == "cuda" else "compiled"
+    print(f"RESULT: {name} fp32, {graphs} vs eager: batch 1 {rates[True, 1]:.0f} vs {rates[False, 1]:.0f} tok/s "
+          f"({rates[True, 1] / rates[False, 1]:.2f}x), batch 8 {rates[True, 8]:.0f} vs {rates[False, 8]:.0f} "
+          f"({rates[True, 8] / rates[False, 8]:.2f}x); greedy replies identical {same}/8")
+
+
 def vllm():
     """r1kit generate --backend vllm on an exported toy model (when vllm is installed)."""
     try:
@@ -230,5 +263,6 @@ check grpo-bf16    120  $PY "$DIR/checks.py" grpo
 check sft-mfu      120 $PY "$DIR/checks.py" mfu
 check fsdp2-1gpu   90  $PY "$DIR/checks.py" fsdp
 check vllm         120 $PY "$DIR/checks.py" vllm
+check decode       240 $PY "$DIR/checks.py" decode
 echo "gpu_check: $FAILED failed, total $(( $(date +%s) - START ))s"
 exit $(( FAILED > 0 ))

@@ -29,8 +29,14 @@ One Engine serves `r1kit.generate`, GRPO rollouts, rejection sampling, evaluatio
 - `compile=True` runs the decode step's model part (forward over rows 0..n-1 and the head) through
   `torch.compile(dynamic=True)`: one graph for every batch size and cache length, built on the first decode
   step (minutes on a CPU); prefill, tool-output insertion and speculative steps stay eager.
+- Static decode shapes (`static_shapes=True`; on by default with `compile=True` on CUDA): the decode step runs
+  a batch padded to a power of two and attends a cache length rounded up to `KV_BUCKET` slots, so it takes one of
+  a few fixed shapes, which is what CUDA graphs replay (on CUDA the compile uses `mode="reduce-overhead"`: one
+  graph recorded per shape, the caches marked as static addresses). Padding rows are free rows: they attend with
+  their position set to the last slot and write only there, which no kept prompt-cache row holds (a request
+  ends by the last slot, and its last sampled token is never run into the row); their logits are dropped. As gpt-fast and vLLM's captured batch sizes do.
 
-Left out: paged attention (the prompt cache reuses whole rows, one earlier request per row); CUDA graphs. For GPU-scale
+Left out: paged attention (the prompt cache reuses whole rows, one earlier request per row). For GPU-scale
 serving use the vLLM backend (`r1kit.generation.vllm_backend`) behind the same `generate` interface.
 """
 
@@ -130,12 +136,14 @@ class RowState:
     sampling: SamplingTensors  # (R,) the row's request's sampling parameters
     draft: torch.Tensor  # (R,) speculative decoding: the MTP draft for position pos + 1
     draft_probs: torch.Tensor | None  # (R, V) the distribution the draft was drawn from (None: not speculating)
+    index: torch.Tensor  # (R,) 0..R-1
 
     @classmethod
     def allocate(cls, rows: int, device: torch.device, vocab: int | None = None) -> RowState:
         zeros = torch.zeros(rows, dtype=torch.long, device=device)
         probs = None if vocab is None else torch.zeros(rows, vocab, device=device)
-        return cls(zeros, zeros.clone(), SamplingTensors.empty(rows, device), zeros.clone(), probs)
+        return cls(zeros, zeros.clone(), SamplingTensors.empty(rows, device), zeros.clone(), probs,
+                   torch.arange(rows, device=device))
 
     def move(self, src: int, dst: int) -> None:
         self.token[dst], self.pos[dst], self.draft[dst] = self.token[src], self.pos[src], self.draft[src]
@@ -148,11 +156,12 @@ class Engine:
     def __init__(self, model, tokenizer, *, max_batch_size: int = 16, max_seq_len: int | None = None,
                  prefill_chunk: int = 512, matmul_dtype: torch.dtype | None = None, share_prefixes: bool = True,
                  speculative: str | None = None, tools: ToolConfig | None = None, compile: bool = False,
-                 prompt_cache: bool = False):
+                 prompt_cache: bool = False, static_shapes: bool | None = None):
         """prompt_cache: free rows keep their last request's K/V, and a new prompt that starts with those tokens
         prefills only the rest (see the module docstring); the weights must not change while it is on.
         compile: run the decode step through torch.compile (opt-in: the first decode step compiles for minutes
-        on a CPU; measured in README "Generation", benchmarks/bench_compile.py).
+        on a CPU; measured in README "Generation", benchmarks/bench_compile.py). On CUDA: CUDA graphs.
+        static_shapes: pad each decode step to a few fixed shapes (module docstring); None: with compile on CUDA.
         tools: the model may call the sandboxed Python interpreter (r1kit/tools/python.py) with these limits.
         speculative: "mtp" drafts one token per step with the model's MTP head and verifies it with the main
         model in the same forward (see generation/speculative.py): up to 2 tokens per step, same distribution.
@@ -198,7 +207,14 @@ class Engine:
         if compile and packing_supported(model, matmul_dtype):
             raise R1kitError("compile=True cannot compile oneDNN-packed bf16 weights (bf16 matmuls, or a bf16 model "
                              "on the CPU): inductor fails to lower them; use either compile or bf16 matmuls")
-        self._decode_logits_fn = torch.compile(self._decode_logits, dynamic=True) if compile else self._decode_logits
+        cuda = self.device.type == "cuda"
+        self.static_shapes = compile and cuda if static_shapes is None else static_shapes
+        self._cuda_graphs = compile and cuda and self.static_shapes
+        if not compile:
+            self._decode_logits_fn = self._decode_logits
+        else:  # on CUDA with static shapes, inductor's CUDA graph trees record one graph per shape
+            mode = "reduce-overhead" if self._cuda_graphs else None
+            self._decode_logits_fn = torch.compile(self._decode_logits, dynamic=True, mode=mode)
 
     @property
     def device(self) -> torch.device:
@@ -253,6 +269,9 @@ class Engine:
                 # the prompt cache kept in free rows is gone
                 mtp = {"mtp": True} if self.speculative else {}  # the MTP depth's cache, for its drafts
                 self.model.setup_cache(self.max_batch_size, self.max_seq_len, **mtp)  # no-op when the size fits
+                if self._cuda_graphs:  # replayed graphs write into the caches in place: fixed addresses
+                    for cache in self.model._attention_caches():
+                        torch._dynamo.mark_static_address(cache)
                 self._retained.clear()
                 self.model._r1kit_cache_owner = weakref.ref(self)
             if not self._cache_ready:
@@ -414,7 +433,15 @@ class Engine:
         kv_len = max(len(r.prompt_ids) + len(r.out_ids) for r in reqs)  # from the host: no device sync
         if [r.row for r in reqs] == list(range(n)):
             rows = slice(0, n)
-            logits = self._decode_logits_fn(self.rows.token[rows], self.rows.pos[rows], kv_len)
+            if self.static_shapes:
+                b, kv_len = _static_shape(n, kv_len, self.max_batch_size, self.max_seq_len)
+                # padding rows attend everything and write only the last slot (see the module docstring)
+                pos = torch.where(self.rows.index[:b] < n, self.rows.pos[:b], self.max_seq_len - 1)
+                if self._cuda_graphs:  # the previous replay's outputs are consumed: its buffers may be reused
+                    torch.compiler.cudagraph_mark_step_begin()
+                logits = self._decode_logits_fn(self.rows.token[:b], pos, kv_len)[:n]
+            else:
+                logits = self._decode_logits_fn(self.rows.token[rows], self.rows.pos[rows], kv_len)
         else:  # rare (a paused row below): eager, so it never waits for a compile of its own
             rows = torch.tensor([r.row for r in reqs], device=self.device)
             logits = self._decode_logits(self.rows.token[rows], self.rows.pos[rows], kv_len, cache_rows=rows)
@@ -673,6 +700,15 @@ class Engine:
             if not req.done:
                 self.abort(req)
         self.last_completion = req.completion()
+
+
+KV_BUCKET = 128  # static decode shapes: the attended cache length is rounded up to a multiple of this
+
+
+def _static_shape(n: int, kv_len: int, max_batch: int, max_seq_len: int) -> tuple[int, int]:
+    """(rows, cache length) of a static decode step for n running rows attending kv_len slots: the batch padded
+    to the next power of two and the length to the next multiple of KV_BUCKET, each capped at the cache's size."""
+    return min(1 << (n - 1).bit_length(), max_batch), min(-(-kv_len // KV_BUCKET) * KV_BUCKET, max_seq_len)
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
