@@ -15,7 +15,7 @@ from r1kit.cli import main as cli
 from r1kit.errors import CheckpointError, ConfigError
 from r1kit.generation import Engine, SamplingParams
 from r1kit.models.moe import Experts
-from r1kit.models.quantize import Int4Linear, Int8Linear, QuantizedExperts, quantize_model
+from r1kit.models.quantize import Fp8Linear, Int4Linear, Int8Linear, QuantizedExperts, quantize_model
 from r1kit.tokenizer import toy_tokenizer
 
 
@@ -324,6 +324,48 @@ def test_fp8_block_scaled_checkpoint_loads_as_its_hand_dequantization(tmp_path):
     assert checked > 30
     mtp = state["mtp.0.eh_proj.weight"]
     assert torch.equal(mtp, expected[f"model.layers.{model.config.n_layers}.eh_proj.weight"])
+
+
+def test_fp8_checkpoint_kept_in_fp8_computes_with_its_hand_dequantization(tmp_path):
+    """quantize='fp8': the projections keep their FP8 bytes and scales (routed experts fused with their scales),
+    kv_b_proj and the MTP depth are dequantized, and each layer computes with the hand dequantization."""
+    r1kit.save_model(r1kit.load_model("toy-moe"), tmp_path / "m")
+    expected = _to_fp8_release(tmp_path / "m", block=32)  # 32 divides moe_inter_dim (96): experts stay FP8
+    release = load_file(tmp_path / "m" / "model.safetensors")
+    model = r1kit.load_model(tmp_path / "m", quantize="fp8").eval()
+    dequantized = r1kit.load_model(tmp_path / "m").eval()
+    kept = {n: m for n, m in model.named_modules() if isinstance(m, Fp8Linear)}
+    assert "layers.0.self_attn.q_a_proj" in kept and "layers.1.mlp.experts.gate_up_proj" in kept
+    assert "layers.1.mlp.shared_experts.down_proj" in kept and "layers.0.mlp.up_proj" in kept
+    assert not any("kv_b_proj" in n or n.startswith("mtp.") for n in kept)
+    attn = model.layers[0].self_attn.q_a_proj
+    assert torch.equal(attn.weight.view(torch.uint8),
+                       release["model.layers.0.self_attn.q_a_proj.weight"].view(torch.uint8))  # the stored bytes
+    for name, m in kept.items():
+        assert m.weight.dtype == torch.float8_e4m3fn
+        x = torch.randn(5, m.in_features)
+        if ".experts." in name:  # expert 3 of the fused stack: gate rows then up rows, or its down matrix
+            prefix = f"model.{name.rsplit('.', 1)[0]}.3"
+            w = torch.cat([expected[f"{prefix}.gate_proj.weight"], expected[f"{prefix}.up_proj.weight"]]) if (
+                name.endswith("gate_up_proj")) else expected[f"{prefix}.down_proj.weight"]
+            got = m(x, expert=3)
+        else:
+            w, got = expected[f"model.{name}.weight"], m(x)
+        want = F.linear(x.bfloat16().float(), w)  # bf16 inputs, bf16 weights, bf16 output rounding
+        assert torch.allclose(got, want, rtol=2**-7, atol=2**-7 * float((x.abs() @ w.abs().T).max())), name
+    ids = torch.randint(3, 128, (2, 10))
+    with torch.no_grad():
+        got, want = model(ids), dequantized(ids)
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+    # saved and reloaded as r1kit's format (version 2): the same model
+    r1kit.save_model(model, tmp_path / "kept")
+    again = r1kit.load_model(tmp_path / "kept").eval()
+    assert isinstance(again.layers[1].mlp.experts.gate_up_proj, Fp8Linear)
+    with torch.no_grad():
+        assert torch.equal(again(ids), got)
+    with pytest.raises(ConfigError, match="not an FP8|is not one"):
+        r1kit.save_model(r1kit.load_model("toy-dense"), tmp_path / "plain")
+        r1kit.load_model(tmp_path / "plain", quantize="fp8")
 
 
 def test_fp8_weight_without_its_scale_is_named(tmp_path):

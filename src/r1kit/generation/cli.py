@@ -30,10 +30,12 @@ def add_precision_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16-matmuls", action="store_true",
                    help="keep the weights in --dtype, run the linear layers in bf16 on packed weights: the "
                         "fastest CPU setting measured (benchmarks/bench_decode.py); not bit-exact")
-    p.add_argument("--quantize", choices=["int8", "int4", "int4-g32", "int4-g64", "int4-g128", "gguf"], default=None,
+    p.add_argument("--quantize", choices=["int8", "int4", "int4-g32", "int4-g64", "int4-g128", "gguf", "fp8"],
+                   default=None,
                    help="weight-only quantize the linear layers after loading (a GGUF's Q4 weights keep their "
                         "codes); gguf: keep a .gguf file's own quantization (Q4_0/Q4_1 as int4, Q8_0 and others "
-                        "as int8) instead of dequantizing it; quality and speed in docs/quantization.md")
+                        "as int8) instead of dequantizing it; fp8: keep an FP8 block-scaled checkpoint's (DeepSeek-V3/R1 "
+                        "release) weights in FP8 instead of bf16; quality and speed in docs/quantization.md")
 
 
 def add_compile_arg(p: argparse.ArgumentParser) -> None:

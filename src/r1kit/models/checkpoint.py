@@ -8,7 +8,7 @@ the DeepSeek-V3 release (their embedding/head copies are written on save and ski
 
 Loading is all-or-nothing: a missing, unexpected or misshapen tensor raises CheckpointError naming it.
 Pickle checkpoints (.bin/.pt) are refused. Quantized checkpoints: the FP8 block-scaled DeepSeek release
-(`weight_scale_inv`) is dequantized to bf16 on load; r1kit's own weight-only int8/int4 directories
+(`weight_scale_inv`) is dequantized to bf16 on load, or kept in FP8 (`quantize="fp8"`); r1kit's own weight-only int8/int4 directories
 (`quantization_config.quant_method == "r1kit"`, see models/quantize.py) load quantized. Left out: GGUF
 architectures other than llama and qwen2; other quantization methods (GPTQ, AWQ, bitsandbytes).
 """
@@ -137,6 +137,46 @@ def _fuse_experts(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
     return out
 
 
+def _keep_fp8(raw: dict[str, torch.Tensor], cfg: ModelConfig, block: tuple[int, int]
+              ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Take out of `raw` the FP8 release's weights that r1kit runs as `Fp8Linear` (`<m>.weight` and
+    `<m>.weight_scale_inv`, routed experts stacked into the fused layout with their scales); returns them and
+    the quantization_config naming their modules (HF names).
+
+    Left to dequantize: MLA's kv_b_proj (the absorbed decode reads it as a tensor), the MTP depths (never
+    quantized) and routed experts whose gate and up blocks do not tile the fused gate_up stack (moe_inter_dim
+    not a multiple of the block rows)."""
+    from r1kit.models.quantize import FP8_FORMAT_VERSION
+
+    bn = block[0]
+    spec = {"bits": 8, "group_size": None, "format": "fp8_e4m3", "block": list(block)}
+    kept, modules, experts = {}, {}, {}
+    for name in [n for n in raw if n.endswith(".weight") and f"{n}_scale_inv" in raw]:
+        module = name.removesuffix(".weight")
+        layer = re.match(r"model\.layers\.(\d+)\.", name)
+        if module.endswith("kv_b_proj") or (layer and int(layer.group(1)) >= cfg.n_layers):
+            continue
+        m = _PER_EXPERT.match(name)
+        if m:
+            if cfg.moe_inter_dim % bn == 0:
+                experts.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = name
+            continue
+        kept[name], kept[f"{name}_scale_inv"] = raw.pop(name), raw.pop(f"{name}_scale_inv")
+        modules[module] = spec
+    for prefix, by_expert in experts.items():  # stack into the fused layout, scales alongside
+        ordered = [by_expert.get(j, {}) for j in range(cfg.n_routed_experts)]
+        if any(len(e) != 3 for e in ordered):
+            continue  # `_fuse_experts` names what is missing
+        take = {proj: [(raw.pop(e[proj]), raw.pop(f"{e[proj]}_scale_inv")) for e in ordered]
+                for proj in ("gate_proj", "up_proj", "down_proj")}
+        gate_up = [(torch.cat([g[0], u[0]]), torch.cat([g[1], u[1]])) for g, u in zip(take["gate_proj"], take["up_proj"])]
+        for fused, pairs in (("gate_up_proj", gate_up), ("down_proj", take["down_proj"])):
+            kept[f"{prefix}.{fused}.weight"] = torch.stack([w for w, _ in pairs])
+            kept[f"{prefix}.{fused}.weight_scale_inv"] = torch.stack([s for _, s in pairs])
+        modules[prefix] = spec
+    return kept, {"quant_method": "r1kit", "version": FP8_FORMAT_VERSION, "modules": modules}
+
+
 def build_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], dtype=None, device=None,
                 quantization: dict | None = None) -> Transformer:
     """Create a Transformer whose weights are exactly `tensors` (r1kit names), or raise naming what does not fit.
@@ -168,7 +208,7 @@ def build_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], dtype=None, 
         if tuple(t.shape) != tuple(expected[name].shape):
             raise CheckpointError(f"checkpoint tensor {name!r} has shape {tuple(t.shape)}, "
                                   f"the config needs {tuple(expected[name].shape)}")
-        if name in fixed and not fixed[name].is_floating_point and t.dtype != fixed[name]:
+        if name in fixed and t.dtype != fixed[name] and (not fixed[name].is_floating_point or fixed[name].itemsize == 1):
             raise CheckpointError(f"checkpoint tensor {name!r} has dtype {t.dtype}, the quantization needs {fixed[name]}")
     dtype = dtype or torch.float32
     # quantized codes and scales keep their dtype, copied into fresh (aligned) memory for the int kernels
@@ -185,16 +225,22 @@ def build_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], dtype=None, 
     return model.to(device) if device is not None else model
 
 
-def load_hf_checkpoint(directory: Path, dtype=None, device=None) -> Transformer:
+def load_hf_checkpoint(directory: Path, dtype=None, device=None, keep_fp8: bool = False) -> Transformer:
+    """keep_fp8: an FP8 block-scaled checkpoint keeps its weights in FP8 (`_keep_fp8`) instead of bf16."""
     cfg = load_hf_config(directory)
     raw = _read_safetensors(directory)
     quantization = json.loads((directory / "config.json").read_text()).get("quantization_config")
     method = (quantization or {}).get("quant_method")
-    if method == "fp8" or any(n.endswith(".weight_scale_inv") for n in raw):  # the DeepSeek-V3/R1 release
+    # the DeepSeek-V3/R1 release (r1kit's own format names its FP8 scales the same way)
+    fp8 = method == "fp8" or (method != "r1kit" and any(n.endswith(".weight_scale_inv") for n in raw))
+    if keep_fp8 and not fp8:
+        raise ConfigError(f"quantize='fp8' keeps an FP8 block-scaled checkpoint's weights; {directory} is not one")
+    if fp8:
         from r1kit.models.quantize import dequantize_fp8_checkpoint
 
         block = tuple((quantization or {}).get("weight_block_size", (128, 128)))
-        raw, quantization = dequantize_fp8_checkpoint(raw, block), None
+        kept, quantization = _keep_fp8(raw, cfg, block) if keep_fp8 else ({}, None)
+        raw = {**dequantize_fp8_checkpoint(raw, block), **kept}  # the rest to bf16
     elif quantization is not None and method != "r1kit":
         raise CheckpointError(f"{directory}: quantization method {method!r} is not supported (fp8 block-scaled, r1kit)")
     # transformers drops the MTP depths when it saves a DeepSeek-V3 model: load the main model alone then.
@@ -222,7 +268,8 @@ def load_model(src, dtype: torch.dtype | None = None, device=None, seed: int = 0
     quantize: "int8" | "int4" | "int4-g64" | ... (models/quantize.py `SCHEMES`): weight-only quantize the linear
     layers after loading (for inference). A GGUF's Q4_0/Q4_1 weights keep their 4-bit codes under "int4".
     "gguf" (GGUF files only) keeps the file's own quantization as llama.cpp runs it (`read_gguf_quantized`),
-    without building the float model first.
+    without building the float model first. "fp8" (FP8 block-scaled checkpoints, the DeepSeek-V3/R1 release)
+    keeps their FP8 weights (`Fp8Linear`: half of bf16's memory, dequantized per matmul) instead of bf16 ones.
     device: None (the CPU), a torch.device, or a setting "auto" | "cpu" | "cuda" | "cuda:N" (auto = CUDA when
     present; CUDA on a machine without it is a ConfigError). Fresh presets are initialised on the CPU and moved,
     so a seed gives the same weights on every device."""
@@ -238,13 +285,18 @@ def load_model(src, dtype: torch.dtype | None = None, device=None, seed: int = 0
 
         cfg, tensors, quantization = read_gguf_quantized(source)
         return build_model(cfg, tensors, dtype=dtype, device=device, quantization=quantization)
-    if quantize is not None:
+    if quantize == "fp8" and (isinstance(source, str) or not source.is_dir()):
+        raise ConfigError(f"quantize='fp8' keeps an FP8 block-scaled checkpoint's weights; {str(src)!r} is not a "
+                          "checkpoint directory")
+    if quantize not in (None, "fp8"):
         from r1kit.models.quantize import parse_scheme, quantize_loaded
 
         bits, group_size = parse_scheme(quantize)
     if isinstance(source, str):
         torch.manual_seed(seed)
         model = Transformer(get_preset(source)).to(dtype=dtype or torch.float32, device=device)
+    elif source.is_dir() and quantize == "fp8":
+        return load_hf_checkpoint(source, dtype=dtype, device=device, keep_fp8=True)
     elif source.is_dir():
         model = load_hf_checkpoint(source, dtype=dtype, device=device)
         if quantize is not None and _quantized(model):

@@ -23,6 +23,12 @@ int tensors and scales plus a `quantization_config`; `load_model` restores them)
     routed experts (<layer>.mlp.experts.gate_up_proj / .down_proj) are the same with a leading expert axis E.
     An optional float <m>.bias rides along. Scales are stored in the compute dtype.
 
+FP8 kept (`load_model(release_dir, quantize="fp8")`, version 2 of the format): the DeepSeek-V3/R1 release's
+block-scaled float8_e4m3fn weights stay as stored, one fp32 scale per block; each matmul dequantizes its weight
+to bf16 first (no FP8 GEMM kernel here): half of bf16's memory, not its speed.
+    fp8   <m>.weight float8_e4m3fn [..., N, K]   <m>.weight_scale_inv fp32 [..., ceil(N/bn), ceil(K/bk)]
+          modules entry {"bits": 8, "group_size": null, "format": "fp8_e4m3", "block": [bn, bk]}
+
 What stays float: embeddings, norms, the MoE router, MLA's kv_b_proj (the absorbed decode folds its weight
 into the attention), MTP modules. The output head is int8 unless asked otherwise (int4 heads measured worse).
 Quantized models are for inference: no gradients reach their weights.
@@ -46,6 +52,7 @@ from r1kit.models.moe import Experts
 SCHEMES = {"int8": (8, None), "int4": (4, 32), "int4-g32": (4, 32), "int4-g64": (4, 64), "int4-g128": (4, 128)}
 GROUP_SIZES = (32, 64, 128, 256)  # what the int4 kernels accept
 FORMAT_VERSION = 1
+FP8_FORMAT_VERSION = 2  # written when a model holds FP8 layers; version 1 files read the same
 _FLOAT_ONLY = ("kv_b_proj",)  # MLA's absorbed decode reads this weight as a tensor
 
 
@@ -269,7 +276,32 @@ class Int4Linear(nn.Module):
                 f"group_size={self.group_size}")
 
 
-QuantizedLinear = Int8Linear | Int4Linear
+class Fp8Linear(nn.Module):
+    """Weight kept as the DeepSeek-V3/R1 release stores it: float8_e4m3fn, y = x (W * scale_inv[block])^T + b,
+    one fp32 scale per (bn, bk) block (edge blocks partial). Each call dequantizes the weight to `dtype` and runs
+    a plain matmul in it. A leading expert axis (E, N, K) is allowed, as for the int layers."""
+
+    bits, group_size = 8, None
+
+    def __init__(self, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int],
+                 bias: torch.Tensor | None = None, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.in_features, self.out_features, self.block, self.dtype = weight.shape[-1], weight.shape[-2], block, dtype
+        self.register_buffer("weight", weight)  # (..., N, K) float8_e4m3fn
+        self.register_buffer("weight_scale_inv", scale_inv)  # (..., ceil(N/bn), ceil(K/bk)) fp32
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor, expert: int | None = None) -> torch.Tensor:
+        w, s = (self.weight, self.weight_scale_inv) if expert is None else (
+            self.weight[expert], self.weight_scale_inv[expert])
+        y = F.linear(x.to(self.dtype), dequantize_fp8_blocks(w, s, self.block, self.dtype)).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3, blocks {self.block}"
+
+
+QuantizedLinear = Int8Linear | Int4Linear | Fp8Linear
 
 
 class QuantizedExperts(nn.Module):
@@ -370,7 +402,7 @@ def _check(bits: int, group_size: int | None) -> None:
 
 
 def is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, (Int8Linear, Int4Linear)) for m in model.modules())
+    return any(isinstance(m, (Int8Linear, Int4Linear, Fp8Linear)) for m in model.modules())
 
 
 def quantization_config(model: nn.Module, to_name=lambda n: n) -> dict | None:
@@ -378,10 +410,15 @@ def quantization_config(model: nn.Module, to_name=lambda n: n) -> dict | None:
     to_name maps an r1kit module name to the checkpoint's."""
     modules = {}
     for name, m in model.named_modules():
-        if isinstance(m, (Int8Linear, Int4Linear)):
+        if isinstance(m, (Int8Linear, Int4Linear, Fp8Linear)):
             name = name.removesuffix(".gate_up_proj").removesuffix(".down_proj") if _is_expert(model, name) else name
             modules[to_name(name)] = {"bits": m.bits, "group_size": m.group_size if m.bits == 4 else None}
-    return {"quant_method": "r1kit", "version": FORMAT_VERSION, "modules": modules} if modules else None
+            if isinstance(m, Fp8Linear):
+                modules[to_name(name)].update(format="fp8_e4m3", block=list(m.block))
+    if not modules:
+        return None
+    fp8 = any("format" in spec for spec in modules.values())
+    return {"quant_method": "r1kit", "version": FP8_FORMAT_VERSION if fp8 else FORMAT_VERSION, "modules": modules}
 
 
 def _is_expert(model: nn.Module, name: str) -> bool:
@@ -393,33 +430,43 @@ def apply_quantization_config(model: nn.Module, qconfig: dict, from_name=lambda 
                               dtype: torch.dtype = torch.bfloat16) -> None:
     """Replace the modules `qconfig` names by quantized shells of the right shapes and dtypes (built on the
     model's device, meta included), ready for `load_state_dict(..., assign=True)`."""
-    if qconfig.get("quant_method") != "r1kit" or qconfig.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"quantization_config: expected quant_method 'r1kit' version {FORMAT_VERSION}, got "
-                              f"{qconfig.get('quant_method')!r} version {qconfig.get('version')!r}")
+    if qconfig.get("quant_method") != "r1kit" or qconfig.get("version") not in (FORMAT_VERSION, FP8_FORMAT_VERSION):
+        raise CheckpointError(f"quantization_config: expected quant_method 'r1kit' version {FORMAT_VERSION} or "
+                              f"{FP8_FORMAT_VERSION}, got {qconfig.get('quant_method')!r} version "
+                              f"{qconfig.get('version')!r}")
     targets = {name: (parent, attr, child) for name, parent, attr, child in _targets(model)}
     for ckpt_name, spec in qconfig.get("modules", {}).items():
         name = from_name(ckpt_name)
         if name not in targets:
             raise CheckpointError(f"quantization_config names {ckpt_name!r}, which is not a quantizable module")
-        bits, group_size = spec.get("bits"), spec.get("group_size")
+        bits, group_size, block = spec.get("bits"), spec.get("group_size"), spec.get("block")
         try:
             _check(bits, group_size)
+            if spec.get("format", "int") not in ("int", "fp8_e4m3") or (spec.get("format") == "fp8_e4m3") != (
+                    block is not None):
+                raise ConfigError(f"unknown format {spec.get('format')!r} (int, or fp8_e4m3 with a block)")
         except ConfigError as e:
             raise CheckpointError(f"quantization_config[{ckpt_name!r}]: {e}") from None
+        block = tuple(block) if block is not None else None
         parent, attr, child = targets[name]
         if isinstance(child, Experts):
-            new = QuantizedExperts(_shell(child.gate_up_proj, False, bits, group_size, dtype),
-                                   _shell(child.down_proj, False, bits, group_size, dtype))
+            new = QuantizedExperts(_shell(child.gate_up_proj, False, bits, group_size, dtype, block),
+                                   _shell(child.down_proj, False, bits, group_size, dtype, block))
         else:
-            new = _shell(child.weight, child.bias is not None, bits, group_size, dtype)
+            new = _shell(child.weight, child.bias is not None, bits, group_size, dtype, block)
         setattr(parent, attr, new)
 
 
-def _shell(weight: torch.Tensor, bias: bool, bits: int, group_size: int | None, dtype) -> QuantizedLinear:
+def _shell(weight: torch.Tensor, bias: bool, bits: int, group_size: int | None, dtype,
+           fp8_block: tuple[int, int] | None = None) -> QuantizedLinear:
     """Empty quantized layer for a float weight (..., N, K), on that weight's device."""
     *lead, N, K = weight.shape
     device = weight.device
     b = torch.empty(N, dtype=weight.dtype, device=device) if bias else None
+    if fp8_block is not None:
+        bn, bk = fp8_block
+        return Fp8Linear(torch.empty(*lead, N, K, dtype=torch.float8_e4m3fn, device=device),
+                         torch.empty(*lead, math.ceil(N / bn), math.ceil(K / bk), device=device), fp8_block, b, dtype)
     if bits == 8:
         return Int8Linear(torch.empty(*lead, N, K, dtype=torch.int8, device=device),
                           torch.empty(*lead, N, dtype=dtype, device=device), b)
@@ -432,7 +479,7 @@ def fixed_dtypes(model: nn.Module) -> dict[str, torch.dtype]:
     """State-dict names whose dtype the quantization fixes (int codes, scales): a load must not cast them."""
     out = {}
     for name, m in model.named_modules():
-        if isinstance(m, (Int8Linear, Int4Linear)):
+        if isinstance(m, (Int8Linear, Int4Linear, Fp8Linear)):
             for attr, t in m.named_buffers(recurse=False):
                 if attr != "bias":
                     out[f"{name}.{attr}"] = t.dtype
@@ -441,6 +488,7 @@ def fixed_dtypes(model: nn.Module) -> dict[str, torch.dtype]:
 
 __all__ = [
     "SCHEMES",
+    "Fp8Linear",
     "Int4Linear",
     "Int8Linear",
     "QuantizedExperts",
