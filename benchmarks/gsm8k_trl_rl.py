@@ -3,9 +3,12 @@
 Same starting model (the recipe's cold start), same question pool (GSM8K train, asked with the recipe's prompt
 template through the model's chat template), same reward (r1kit's `accuracy` + 0.2 x `format`, which read only
 the committed answer), same step shape and hyperparameters, read from `recipes/r1_smollm2_gsm8k.yaml`'s `r1_rl`
-(today 4 questions x 8 samples, 256 new tokens, temperature 0.7, beta 0.001, lr 5e-6 constant after 3 warmup
-steps, bf16 autocast, 40 steps; clip 0.2 and the per-sequence "grpo" loss, r1kit's defaults). The questions are
-drawn by each trainer's own sampler, so the two see different questions from the same pool. Then the trained
+(today the questions whose worked solution has at most 2 steps, 4 questions x 16 samples, 256 new tokens,
+temperature 0.7, beta 0.001, lr 1e-5 constant after 3 warmup steps, bf16 autocast, 50 steps; clip 0.2 and the
+per-sequence "grpo" loss, r1kit's defaults). The questions are drawn by each trainer's own sampler, so the two
+see different questions from the same pool. Wall time is reported whole and as the median step (TRL's
+`step_time` in its log; r1kit's from the stage's metrics.jsonl), which a few steps slowed by other work on a
+shared machine do not move. Then the trained
 model is evaluated with `r1kit eval` with the recipe's `evaluate` settings, as the pipeline evaluates its stages
 (today the first 500 test problems, k=4, T=0.6, top-p 0.95, and greedy), and the numbers are printed next to
 r1kit's from the pipeline's directory.
@@ -88,10 +91,26 @@ def evaluate(model: Path, test_file: Path, out: Path, recipe: dict, args, greedy
     return json.loads((out / "summary.json").read_text())
 
 
+def median(values: list[float]) -> float | None:
+    values = sorted(values)
+    return (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2 if values else None
+
+
+def trl_step_median(out: Path) -> float | None:
+    """The median of TRL's per-step `step_time` (its log, written by `train_trl`)."""
+    log = out / "trl_log.json"
+    steps = json.loads(log.read_text()) if log.exists() else []
+    return median([float(e["step_time"]) for e in steps if "step_time" in e])
+
+
 def pipeline_figures(pipeline: Path) -> dict:
-    """r1kit's r1_rl stage from a pipeline directory: wall time and the evaluation summaries, where present."""
+    """r1kit's r1_rl stage from a pipeline directory: wall time, median step time and the evaluation summaries,
+    where present."""
     timings = pipeline / "timings.json"
     figures = {"seconds": json.loads(timings.read_text()).get("r1_rl") if timings.exists() else None}
+    metrics = pipeline / "r1_rl" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+    figures["median_step"] = median([r["step_s"] for r in rows if "step_s" in r])
     for summary in sorted((pipeline / "eval" / "r1_rl").rglob("summary.json")):
         data = json.loads(summary.read_text())
         figures["greedy" if data["settings"]["temperature"] == 0 else "sampled"] = data
@@ -150,7 +169,7 @@ def main() -> int:
             steps = recipe["stages"]["r1_rl"]["config"]["run"]["steps"]
             print(f"r1kit r1_rl: {steps} steps in {ours['seconds']:.0f} s ({ours['seconds'] / steps:.1f} s per step)")
         return 0
-    trl = {"seconds": seconds,
+    trl = {"seconds": seconds, "median_step": trl_step_median(out),
            "sampled": evaluate(out / "final", data_dir / "gsm8k/test.jsonl", out / "eval_sampled", recipe, args,
                                greedy=False),
            "greedy": evaluate(out / "final", data_dir / "gsm8k/test.jsonl", out / "eval_greedy", recipe, args,
@@ -160,17 +179,21 @@ def main() -> int:
     def row(name: str, fig: dict) -> str:
         sampled, greedy = fig.get("sampled"), fig.get("greedy")
         cells = [f"{fig['seconds']:.0f} s" if fig.get("seconds") else "-",
+                 f"{fig['median_step']:.1f} s" if fig.get("median_step") else "-",
                  f"{100 * sampled['pass@1']:.1f} ± {100 * sampled['pass@1_stderr']:.1f}" if sampled else "-",
                  f"{100 * greedy['pass@1']:.1f}" if greedy else "-"]
         return f"| {name} | " + " | ".join(cells) + " |"
 
     print(f"GSM8K RL stage, {args.steps} steps of {args.questions_per_step} x {args.num_generations}, "
           f"{args.max_new_tokens} new tokens; evaluation on the first {args.eval_problems} test problems")
-    print(f"| trainer | RL wall time | pass@1 (k={recipe['evaluate']['samples']}, %) | greedy (%) |\n|---|---|---|---|")
+    print(f"| trainer | RL wall time | median step | pass@1 (k={recipe['evaluate']['samples']}, %) | greedy (%) |\n"
+          "|---|---|---|---|---|")
     print(row("r1kit (pipeline's r1_rl)", ours))
     print(row("TRL GRPOTrainer", trl))
     if ours.get("seconds"):
         print(f"ratio wall time: TRL / r1kit = {trl['seconds'] / ours['seconds']:.2f}x")
+    if ours.get("median_step") and trl.get("median_step"):
+        print(f"ratio median step: TRL / r1kit = {trl['median_step'] / ours['median_step']:.2f}x")
     return 0
 
 
