@@ -34,7 +34,8 @@ One Engine serves `r1kit.generate`, GRPO rollouts, rejection sampling, evaluatio
   a few fixed shapes, which is what CUDA graphs replay (on CUDA the compile uses `mode="reduce-overhead"`: one
   graph recorded per shape, the caches marked as static addresses). Padding rows are free rows: they attend with
   their position set to the last slot and write only there, which no kept prompt-cache row holds (a request
-  ends by the last slot, and its last sampled token is never run into the row); their logits are dropped. As gpt-fast and vLLM's captured batch sizes do.
+  ends by the last slot, and its last sampled token is never run into the row); their logits are dropped
+  (vLLM pads to its captured batch sizes the same way).
 
 Left out: paged attention (the prompt cache reuses whole rows, one earlier request per row). For GPU-scale
 serving use the vLLM backend (`r1kit.generation.vllm_backend`) behind the same `generate` interface.

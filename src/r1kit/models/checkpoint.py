@@ -8,8 +8,8 @@ the DeepSeek-V3 release (their embedding/head copies are written on save and ski
 
 Loading is all-or-nothing: a missing, unexpected or misshapen tensor raises CheckpointError naming it.
 Pickle checkpoints (.bin/.pt) are refused. Quantized checkpoints: the FP8 block-scaled DeepSeek release
-(`weight_scale_inv`) is dequantized to bf16 on load, or kept in FP8 (`quantize="fp8"`); r1kit's own weight-only int8/int4 directories
-(`quantization_config.quant_method == "r1kit"`, see models/quantize.py) load quantized. Left out: GGUF
+(`weight_scale_inv`) is dequantized to bf16 on load, or kept in FP8 (`quantize="fp8"`); r1kit's own weight-only
+int8/int4/FP8 directories (`quantization_config.quant_method == "r1kit"`, see models/quantize.py) load quantized. Left out: GGUF
 architectures other than llama and qwen2; other quantization methods (GPTQ, AWQ, bitsandbytes).
 """
 
