@@ -116,8 +116,9 @@ def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block: 
     if tuple(scale_inv.shape) != (math.ceil(N / bn), math.ceil(K / bk)):
         raise CheckpointError(f"FP8 weight of shape {(N, K)} needs a weight_scale_inv of shape "
                               f"{(math.ceil(N / bn), math.ceil(K / bk))} for {bn}x{bk} blocks, got {tuple(scale_inv.shape)}")
-    scale = scale_inv.float().repeat_interleave(bn, dim=0)[:N].repeat_interleave(bk, dim=1)[:, :K]
-    return (weight.float() * scale).to(dtype)
+    nb, kb = scale_inv.shape
+    blocks = F.pad(weight.float(), (0, kb * bk - K, 0, nb * bn - N)).view(nb, bn, kb, bk)  # edge blocks padded
+    return (blocks * scale_inv.float()[:, None, :, None]).view(nb * bn, kb * bk)[:N, :K].to(dtype)
 
 
 def dequantize_fp8_checkpoint(tensors: dict[str, torch.Tensor], block: tuple[int, int] = (128, 128),
