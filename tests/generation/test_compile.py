@@ -8,9 +8,11 @@ from r1kit.generation import Engine, SamplingParams
 
 
 # compiles with inductor: ~30 s for the dense toy on 2 CPU cores, longer for the MoE (its experts break the graph)
-@pytest.mark.parametrize("preset,quantize", [("toy-dense", None), pytest.param("toy-moe", None, marks=pytest.mark.slow),
-                                             pytest.param("toy-dense", "int4", marks=pytest.mark.slow)])
-def test_compiled_decode_step_gives_the_eager_tokens(preset, quantize):
+@pytest.mark.parametrize("preset,quantize,static", [
+    ("toy-dense", None, False), pytest.param("toy-moe", None, False, marks=pytest.mark.slow),
+    pytest.param("toy-dense", "int4", False, marks=pytest.mark.slow),
+    pytest.param("toy-dense", None, True, marks=pytest.mark.slow)])  # the padded shapes CUDA graphs replay
+def test_compiled_decode_step_gives_the_eager_tokens(preset, quantize, static):
     torch.manual_seed(0)
     model = r1kit.load_model(preset, seed=0, quantize=quantize).eval()
     tok = r1kit.load_tokenizer(preset)
@@ -19,7 +21,7 @@ def test_compiled_decode_step_gives_the_eager_tokens(preset, quantize):
     prompts = ["What is 2+2?", "How many a in banana? Think it through.", "Hi"]
     params = [SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True) for n in (24, 9, 16)]
     eager = Engine(model, tok, max_batch_size=4).generate(prompts, params)
-    compiled = Engine(model, tok, max_batch_size=4, compile=True).generate(prompts, params)
+    compiled = Engine(model, tok, max_batch_size=4, compile=True, static_shapes=static).generate(prompts, params)
     for a, b in zip(eager, compiled):
         assert b.token_ids == a.token_ids
         assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
