@@ -363,8 +363,8 @@ def test_fp8_checkpoint_kept_in_fp8_computes_with_its_hand_dequantization(tmp_pa
     assert isinstance(again.layers[1].mlp.experts.gate_up_proj, Fp8Linear)
     with torch.no_grad():
         assert torch.equal(again(ids), got)
-    with pytest.raises(ConfigError, match="not an FP8|is not one"):
-        r1kit.save_model(r1kit.load_model("toy-dense"), tmp_path / "plain")
+    r1kit.save_model(r1kit.load_model("toy-dense"), tmp_path / "plain")
+    with pytest.raises(ConfigError, match="is not one"):
         r1kit.load_model(tmp_path / "plain", quantize="fp8")
 
 

@@ -18,7 +18,8 @@ One Engine serves `r1kit.generate`, GRPO rollouts, rejection sampling, evaluatio
 - Prompt cache (`prompt_cache=True`, on in `r1kit serve` and `r1kit chat`): a finished request's row keeps its
   tokens' K/V while the row is free; a new request whose prompt starts with some of those tokens (the system
   prompt and chat template, the earlier turns of a conversation) gets those slots (copied into a free row, or
-  that row itself) and prefills only the rest, as llama.cpp's server slots and vLLM's prefix caching do. The model's weights must not change meanwhile (call
+  that row itself) and prefills only the rest, as llama.cpp's server slots and vLLM's prefix caching do. The
+  model's weights must not change meanwhile (call
   `clear_prompt_cache` after an update), so training rollouts leave it off.
 - Tool calls (`tools=ToolConfig(...)`, format in r1kit/tools/python.py): a request whose text ends a `<code>`
   cell pauses; the cell runs in the request's sandboxed interpreter on a worker thread while the other rows keep

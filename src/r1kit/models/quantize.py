@@ -443,9 +443,9 @@ def apply_quantization_config(model: nn.Module, qconfig: dict, from_name=lambda 
         bits, group_size, block = spec.get("bits"), spec.get("group_size"), spec.get("block")
         try:
             _check(bits, group_size)
-            if spec.get("format", "int") not in ("int", "fp8_e4m3") or (spec.get("format") == "fp8_e4m3") != (
-                    block is not None):
-                raise ConfigError(f"unknown format {spec.get('format')!r} (int, or fp8_e4m3 with a block)")
+            fmt = spec.get("format", "int")
+            if fmt not in ("int", "fp8_e4m3") or (fmt == "fp8_e4m3") != (block is not None):
+                raise ConfigError(f"unknown format {fmt!r} (int, or fp8_e4m3 with a block)")
         except ConfigError as e:
             raise CheckpointError(f"quantization_config[{ckpt_name!r}]: {e}") from None
         block = tuple(block) if block is not None else None
