@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -92,8 +93,7 @@ def evaluate(model: Path, test_file: Path, out: Path, recipe: dict, args, greedy
 
 
 def median(values: list[float]) -> float | None:
-    values = sorted(values)
-    return (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2 if values else None
+    return statistics.median(values) if values else None
 
 
 def trl_step_median(out: Path) -> float | None:
